@@ -1,0 +1,48 @@
+"""slimgraph: compiler-style pruning, fusion and int8 quantization for PyTorch models.
+
+    import slimgraph as sg
+    gm = sg.capture(model, example_inputs)
+    opt = sg.optimize(model, example_inputs, pipeline="fold-bn,fuse")
+    sg.save(opt, "model.sg"); opt = sg.load("model.sg")
+"""
+
+from . import kernels, passes  # noqa: F401 - registers ops and passes
+from .api import DEFAULT_PIPELINE, optimize
+from .errors import (
+    ArchiveError,
+    CaptureError,
+    InputError,
+    PassError,
+    PipelineError,
+    SlimgraphError,
+    VerificationError,
+)
+from .ir import capture, graph_info, node_info, to_networkx, verify
+from .passes import Pass, PassManager, PassResult, register_pass, registered_passes
+from .serialize import load, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "ArchiveError",
+    "CaptureError",
+    "InputError",
+    "Pass",
+    "PassError",
+    "PassManager",
+    "PassResult",
+    "PipelineError",
+    "SlimgraphError",
+    "VerificationError",
+    "capture",
+    "graph_info",
+    "load",
+    "node_info",
+    "optimize",
+    "register_pass",
+    "registered_passes",
+    "save",
+    "to_networkx",
+    "verify",
+]

@@ -1,0 +1,339 @@
+"""Capture a model into slimgraph's IR: a ``torch.fx.GraphModule`` at the canonical ATen level.
+
+Three entry paths, one result:
+
+* any ``nn.Module`` -> ``torch.export.export(strict=False)`` (handles real transformers models);
+* if export fails -> ``torch.fx.symbolic_trace`` and export of the traced module;
+* a GraphModule captured by dynamo (what the torch.compile backend receives), whose parameters were
+  lifted to inputs -> ``constant_inputs`` turns those inputs back into module attributes first.
+
+The result takes the same ``(*args, **kwargs)`` as the model's ``forward`` and returns the same output
+structure (HF ``ModelOutput`` included). It owns copies of the weights, so rewriting or training it never
+touches the caller's model. See ``docs/architecture.md`` for the op level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import traceback
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.export import Dim
+
+from ..errors import CaptureError, InputError
+from .canonicalize import canonicalize
+from .graph_utils import add_constant
+from .info import GRAPH_KEY, GraphInfo
+from .propagate import refresh
+
+
+def capture(
+    model: nn.Module,
+    example_inputs,
+    example_kwargs: dict | None = None,
+    *,
+    dynamic_batch: bool = True,
+    share_weights: bool = False,
+    constant_inputs: Sequence[int] = (),
+) -> fx.GraphModule:
+    """Capture ``model`` at the example inputs into a canonical fx GraphModule.
+
+    Args:
+        model: the module to capture (left untouched; it is traced in eval mode).
+        example_inputs: tuple of positional inputs (a single tensor is accepted too).
+        example_kwargs: keyword inputs, e.g. ``{"attention_mask": mask}``.
+        dynamic_batch: keep dim 0 of every input symbolic when its example size is >= 2, so the
+            captured module accepts other batch sizes. Falls back to static shapes if that fails.
+        share_weights: reuse the model's tensors instead of private copy-on-write copies (the result
+            then aliases the caller's weights; only for inference-only flows such as the compile backend).
+        constant_inputs: for dynamo-captured GraphModules: indices of ``example_inputs`` that are
+            parameters or buffers lifted to inputs; they become constants of the returned module,
+            which then takes only the remaining inputs.
+    """
+    args, kwargs = _check_inputs(example_inputs, example_kwargs)
+    if not isinstance(model, nn.Module) and not isinstance(model, torch.export.ExportedProgram):
+        raise InputError(f"capture() needs an nn.Module, got {type(model).__name__}")
+    source = "export"
+    if constant_inputs:
+        if not isinstance(model, fx.GraphModule):
+            raise InputError("constant_inputs is only meaningful for a dynamo-captured fx.GraphModule")
+        model, args = _freeze_inputs(model, args, constant_inputs)
+        source = "dynamo"
+
+    if isinstance(model, torch.export.ExportedProgram):
+        exported, dynamic = model.module(), False
+    else:
+        exported, dynamic, source = _export_with_fallbacks(model, args, kwargs, dynamic_batch, source)
+
+    gm = fx.GraphModule(exported, exported.graph, class_name="SlimGraphModule")
+    gm.meta[GRAPH_KEY] = GraphInfo(
+        example_args=tuple(_detach(a) for a in args),
+        example_kwargs={k: _detach(v) for k, v in kwargs.items()},
+        source=source,
+        dynamic_batch=dynamic,
+    )
+    canonicalize(gm)
+    if not share_weights:
+        _own_weights(gm)
+    refresh(gm)
+    return gm
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def _check_inputs(example_inputs, example_kwargs) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if isinstance(example_inputs, list):
+        example_inputs = tuple(example_inputs)
+    if not isinstance(example_inputs, tuple):
+        raise InputError(
+            f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}; "
+            "wrap a single input as (x,)"
+        )
+    kwargs = dict(example_kwargs or {})
+    for where, value in [*((f"example_inputs[{i}]", a) for i, a in enumerate(example_inputs)),
+                         *((f"example_kwargs[{k!r}]", v) for k, v in kwargs.items())]:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise InputError(f"{where} contains NaN or Inf; capture needs finite example inputs")
+    return example_inputs, kwargs
+
+
+def _detach(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Trace the inference graph, then restore every submodule's own training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _batch_dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
+    """dynamic_shapes marking dim 0 of each batched tensor input as Dim.AUTO (None if not possible)."""
+    import inspect
+
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+
+    def spec(value):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] >= 2:
+            return {0: Dim.AUTO}
+        if isinstance(value, (tuple, list)):
+            return type(value)(spec(v) for v in value)
+        if isinstance(value, dict):
+            return {k: spec(v) for k, v in value.items()}
+        return None
+
+    shapes = {name: spec(value) for name, value in bound.arguments.items()}
+    params = inspect.signature(model.forward).parameters
+    for name, value in bound.arguments.items():
+        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+            shapes[name] = {k: spec(v) for k, v in value.items()}
+        elif params[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes[name] = tuple(spec(v) for v in value)
+    if all(v is None for v in shapes.values()):
+        return None
+    return shapes
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes):
+    with _eval_mode(model), _quiet_export_warnings():
+        ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
+    return ep.module()
+
+
+@contextlib.contextmanager
+def _quiet_export_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*TreeSpec.*")
+        yield
+
+
+def _export_with_fallbacks(model, args, kwargs, dynamic_batch: bool, source: str):
+    failures: list[tuple[str, BaseException]] = []
+    attempts = []
+    if dynamic_batch:
+        shapes = _batch_dynamic_shapes(model, args, kwargs)
+        if shapes is not None:
+            attempts.append(("torch.export (dynamic batch)", shapes))
+    attempts.append(("torch.export", None))
+    for label, shapes in attempts:
+        try:
+            return _export(model, args, kwargs, shapes), shapes is not None, source
+        except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            failures.append((label, exc))
+            if _is_input_mismatch(exc):
+                break
+    if source == "export" and not isinstance(model, fx.GraphModule):
+        try:
+            traced = fx.symbolic_trace(model)
+        except Exception as exc:  # noqa: BLE001
+            failures.append(("torch.fx.symbolic_trace", exc))
+        else:
+            try:
+                return _export(traced, args, kwargs, None), False, "symbolic_trace"
+            except Exception as exc:  # noqa: BLE001
+                failures.append(("torch.export of the symbolic_trace graph", exc))
+    raise CaptureError(_explain_failure(model, failures)) from failures[-1][1]
+
+
+def _is_input_mismatch(exc: BaseException) -> bool:
+    return isinstance(exc, TypeError) and "argument" in str(exc)
+
+
+# ------------------------------------------------------------------------------------------- dynamo
+
+
+def _freeze_inputs(gm: fx.GraphModule, args: tuple, constant_inputs: Sequence[int]):
+    """Turn the placeholders at ``constant_inputs`` into get_attr nodes holding the example tensors."""
+    constant = set(constant_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(args):
+        raise InputError(f"graph has {len(placeholders)} inputs but {len(args)} example inputs were given")
+    new = fx.GraphModule(gm, _copy_graph(gm.graph), class_name="FrozenDynamoGraph")
+    placeholders = [n for n in new.graph.nodes if n.op == "placeholder"]
+    kept = []
+    for i, (node, value) in enumerate(zip(placeholders, args)):
+        if i not in constant:
+            kept.append(value)
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"constant input {i} ('{node.name}') is not a tensor")
+        name = _attribute_name_for(node.name)
+        target = add_constant(new, value.detach(), f"frozen.{name}", parameter=isinstance(value, nn.Parameter))
+        with new.graph.inserting_before(node):
+            attr = new.graph.get_attr(target)
+        node.replace_all_uses_with(attr)
+        new.graph.erase_node(node)
+    new.graph.lint()
+    new.recompile()
+    return new, tuple(kept)
+
+
+def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    new = fx.Graph()
+    out = new.graph_copy(graph, {})
+    new.output(out)
+    return new
+
+
+def _attribute_name_for(placeholder: str) -> str:
+    # L_self_modules_fc_parameters_weight_ -> fc_weight: readable names in reports and saved files.
+    name = re.sub(r"^L_(self_)?", "", placeholder).strip("_")
+    name = re.sub(r"_modules_|_parameters_|_buffers_", "_", name)
+    return name.replace("modules_", "") or "param"
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def _own_weights(gm: fx.GraphModule) -> None:
+    """Give the module private copies of every parameter/buffer so the caller's model never changes.
+
+    Copies are copy-on-write (``torch._lazy_clone``) where torch provides it: capturing BERT-base costs
+    no 440 MB memcpy, yet training or editing either module never shows through to the other.
+    """
+    for mod in gm.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                mod._parameters[name] = nn.Parameter(_private_copy(p), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                mod._buffers[name] = _private_copy(b)
+    for name, value in list(vars(gm).items()):
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            setattr(gm, name, _private_copy(value))
+
+
+def _private_copy(t: torch.Tensor) -> torch.Tensor:
+    lazy = getattr(torch, "_lazy_clone", None)
+    t = t.detach()
+    if lazy is not None:
+        try:
+            return lazy(t)
+        except RuntimeError:  # some tensor kinds (e.g. wrapper subclasses) have no COW storage
+            pass
+    return t.clone()
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.dirname(__file__))
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost traceback frame outside torch and slimgraph: the construct that broke tracing."""
+    best = None
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in traceback.extract_tb(exc.__traceback__):
+            path = os.path.abspath(frame.filename)
+            if path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR) or frame.filename.startswith("<"):
+                continue
+            if "site-packages/torch" in path or "contextlib" in path:
+                continue
+            best = frame
+        exc = exc.__cause__ or exc.__context__
+    return best
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    text = f"{type(exc).__name__}: {exc}"
+    if re.search(r"data.dependent|GuardOnDataDependent|control flow|Could not guard", text, re.I):
+        return (
+            "data-dependent control flow (a Python `if`/`while` or `.item()` on a tensor's value)",
+            "make the branch independent of tensor values, express it with torch.cond / torch.where, "
+            "or compile with torch.compile(model, backend='slimgraph'), which tolerates graph breaks",
+        )
+    if isinstance(exc, TypeError) and "argument" in str(exc):
+        return (
+            "example inputs that do not match forward()'s signature",
+            "pass positional inputs as a tuple and keyword inputs through example_kwargs",
+        )
+    return (
+        "a construct torch.export cannot trace",
+        "wrap the offending code in a custom op (torch.library.custom_op) or move it out of forward(); "
+        "torch.export.export(model, args, strict=False) shows the full trace",
+    )
+
+
+def _explain_failure(model, failures: list[tuple[str, BaseException]]) -> str:
+    exc = failures[-1][1]
+    what, hint = _classify(failures[0][1])
+    frame = _user_frame(failures[0][1]) or _user_frame(exc)
+    where = ""
+    if frame is not None:
+        line = (frame.line or "").strip()
+        where = f" at {os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}(): `{line}`"
+    tried = "; ".join(f"{label}: {type(e).__name__}: {_first_line(e)}" for label, e in failures)
+    return (
+        f"could not capture {type(model).__name__}: {what}{where}.\n"
+        f"  tried -> {tried}\n"
+        f"  what to try: {hint}."
+    )
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    text = str(exc).strip().splitlines()
+    first = next((t for t in text if t.strip()), "")
+    return first if len(first) <= limit else first[: limit - 3] + "..."
