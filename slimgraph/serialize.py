@@ -293,10 +293,11 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphMod
     import slimgraph.kernels  # noqa: F401 - make torch.ops.slimgraph.* resolvable
 
     root = nn.Module()
+    installed: dict[str, torch.Tensor] = {}  # per tensor key, so tied attributes share one Parameter
     for target, attr in description["attributes"].items():
         if attr["key"] not in tensors:
             raise ArchiveError(f"tensor {attr['key']!r} for attribute {target!r} is missing")
-        _install(root, target, tensors[attr["key"]], attr)
+        installed[attr["key"]] = _install(root, target, installed.get(attr["key"], tensors[attr["key"]]), attr)
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
     for spec in description["nodes"]:
@@ -327,7 +328,7 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphMod
     return gm
 
 
-def _install(root: nn.Module, target: str, tensor: torch.Tensor, attr: dict) -> None:
+def _install(root: nn.Module, target: str, tensor: torch.Tensor, attr: dict) -> torch.Tensor:
     owner = root
     *parents, name = target.split(".")
     for part in parents:
@@ -337,10 +338,12 @@ def _install(root: nn.Module, target: str, tensor: torch.Tensor, attr: dict) -> 
             owner.add_module(part, child)
         owner = child
     if attr.get("kind") == "parameter":
-        owner.register_parameter(name, nn.Parameter(tensor, requires_grad=bool(attr.get("requires_grad"))
-                                                    and tensor.is_floating_point()))
+        if not isinstance(tensor, nn.Parameter):
+            tensor = nn.Parameter(tensor, requires_grad=bool(attr.get("requires_grad")) and tensor.is_floating_point())
+        owner.register_parameter(name, tensor)
     else:
         owner.register_buffer(name, tensor)
+    return tensor
 
 
 def _decode_target(op: str, target: str):

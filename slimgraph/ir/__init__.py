@@ -1,6 +1,6 @@
 """slimgraph's IR: capture, typed node metadata, a networkx view and the verifier."""
 
-from .capture import capture
+from .capture import capture, dynamo_constant_inputs
 from .info import GraphInfo, NodeInfo, TensorSpec, graph_info, node_info
 from .nxview import to_networkx
 from .propagate import annotate, propagate, refresh
@@ -12,6 +12,7 @@ __all__ = [
     "TensorSpec",
     "annotate",
     "capture",
+    "dynamo_constant_inputs",
     "graph_info",
     "node_info",
     "propagate",

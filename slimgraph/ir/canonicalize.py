@@ -6,7 +6,13 @@ single nodes, which is what our pattern-based passes match. On top of what expor
 
 * turn in-place ops into their functional form where nothing else aliases the mutated value
   (``relu_(x)`` -> ``relu(x)``, later readers of ``x`` read the new node);
-* drop eval-mode dropout (identity), export's ``_guards_fn`` call and ``_assert_tensor_metadata``.
+* drop eval-mode dropout (identity), export's ``_guards_fn`` call and ``_assert_tensor_metadata``;
+* inline export's grad-mode regions (``wrap_with_set_grad_enabled``, e.g. Llama's rotary embedding under
+  ``torch.no_grad``) and disabled-autocast regions: the captured graph is an inference graph, so the
+  grad mode has no effect, and passes must see the ops inside;
+* write GEMMs whose right-hand side is a constant as ``aten.linear`` with a ``[N, K]`` weight
+  (``addmm(b, x, W)``, ``mm(x, W)``, ``matmul(x, W)``: GPT-2's Conv1D and hand-written ``x @ W``), so
+  fusion, pruning and quantization see one GEMM vocabulary.
 
 Running export's own ``run_decompositions({})`` would functionalize too, but costs about a second on
 BERT-base, more than the rest of the pipeline together.
@@ -14,10 +20,12 @@ BERT-base, more than the rest of the pipeline together.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
-from .graph_utils import VIEW_OPS, users_after
+from .graph_utils import VIEW_OPS, add_constant, get_attr_tensor, set_attr_tensor, users_after
 
 aten = torch.ops.aten
 
@@ -63,8 +71,14 @@ def _aliases_other_storage(node: fx.Node) -> bool:
 
 def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
     """Rewrite ``gm`` in place (it is our own freshly captured copy). Returns counts of each rewrite."""
-    stats = {"functionalized": 0, "dropout_removed": 0, "asserts_removed": 0, "inplace_kept": 0}
+    stats = {"functionalized": 0, "dropout_removed": 0, "asserts_removed": 0, "inplace_kept": 0,
+             "gemm_to_linear": 0}
     graph = gm.graph
+    stats["regions_inlined"] = _inline_mode_regions(gm)
+    readers: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            readers[node.target] = readers.get(node.target, 0) + 1
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
@@ -76,6 +90,8 @@ def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
         if node.target in _DROP and not node.users:
             graph.erase_node(node)
             stats["asserts_removed"] += 1
+        elif node.target in _CONST_RHS_GEMMS and _gemm_to_linear(gm, node, readers):
+            stats["gemm_to_linear"] += 1
         elif node.target in _EVAL_IDENTITY and _dropout_is_eval(node):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
@@ -105,3 +121,93 @@ def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
 def _dropout_is_eval(node: fx.Node) -> bool:
     train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", True)
     return train is False
+
+
+_CONST_RHS_GEMMS = {aten.addmm.default, aten.mm.default, aten.matmul.default}
+
+
+def _gemm_to_linear(gm: fx.GraphModule, node: fx.Node, readers: dict[str, int]) -> bool:
+    # addmm(b, x, W) / mm(x, W) / matmul(x, W) with constant W [K, N]  =>  linear(x, W.T, b)
+    if node.target is aten.addmm.default:
+        if node.kwargs or len(node.args) != 3:
+            return False  # beta/alpha scaling: not a plain GEMM + bias
+        bias, x, w_node = node.args
+        if not isinstance(bias, fx.Node) or bias.meta.get("val") is None or bias.meta["val"].dim() != 1:
+            return False
+    else:
+        if node.kwargs or len(node.args) != 2:
+            return False
+        x, w_node = node.args
+        bias = None
+    if not isinstance(w_node, fx.Node) or w_node.op != "get_attr":
+        return False
+    w = get_attr_tensor(gm, w_node)
+    if w is None or w.dim() != 2 or not w.is_floating_point():
+        return False
+    x_val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    if x_val is None or x_val.dim() < 1 or (node.target is not aten.matmul.default and x_val.dim() != 2):
+        return False
+    weight_t = w.detach().t().contiguous()
+    if readers.get(w_node.target, 0) == 1 and len(w_node.users) == 1:
+        set_attr_tensor(gm, w_node.target, weight_t)  # sole reader: store the [N, K] layout in place
+        w_node.meta["val"] = _transposed_val(w_node.meta.get("val"))
+        weight_node = w_node
+    else:
+        target = add_constant(gm, weight_t, f"{w_node.target}_t", parameter=isinstance(w, torch.nn.Parameter))
+        with gm.graph.inserting_before(node):
+            weight_node = gm.graph.get_attr(target)
+        weight_node.meta["val"] = _transposed_val(w_node.meta.get("val"))
+    with gm.graph.inserting_before(node):
+        linear = gm.graph.call_function(aten.linear.default, (x, weight_node, bias))
+    linear.meta.update(node.meta)
+    node.replace_all_uses_with(linear)
+    gm.graph.erase_node(node)
+    return True
+
+
+def _transposed_val(val):
+    return val.t().contiguous() if isinstance(val, torch.Tensor) else val
+
+
+def _inlinable_region(node: fx.Node) -> tuple[fx.Node, tuple] | None:
+    """(submodule get_attr node, operands) of a grad-mode / disabled-autocast region, else None."""
+    hop = torch.ops.higher_order
+    if node.op != "call_function":
+        return None
+    if node.target is getattr(hop, "wrap_with_set_grad_enabled", None):
+        return node.args[1], tuple(node.args[2:])
+    if node.target is getattr(hop, "wrap_with_autocast", None):
+        # (device_type, dtype, enabled, cache_enabled, submod, *operands); an enabled autocast region
+        # changes op dtypes and is kept as is.
+        if node.args[2] is False:
+            return node.args[4], tuple(node.args[5:])
+    return None
+
+
+def _inline_mode_regions(gm: fx.GraphModule) -> int:
+    inlined = 0
+    for node in list(gm.graph.nodes):
+        region = _inlinable_region(node)
+        if region is None:
+            continue
+        submod_node, operands = region
+        sub = getattr(gm, submod_node.target, None)
+        if not isinstance(sub, fx.GraphModule) or any(n.op in ("get_attr", "call_module") for n in sub.graph.nodes):
+            continue  # regions reading their own attributes are rare; leave them rather than guess
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        env = dict(zip(placeholders, operands))
+        with gm.graph.inserting_before(node):
+            result = gm.graph.graph_copy(sub.graph, env)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem:
+                user.replace_all_uses_with(outputs[user.args[1]])
+                gm.graph.erase_node(user)
+        if node.users:  # the region's tuple itself is read: cannot inline cleanly, undo is not needed
+            continue
+        gm.graph.erase_node(node)
+        if not submod_node.users:
+            gm.graph.erase_node(submod_node)
+            delattr(gm, submod_node.target)
+        inlined += 1
+    return inlined

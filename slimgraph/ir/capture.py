@@ -228,6 +228,24 @@ def _freeze_inputs(gm: fx.GraphModule, args: tuple, constant_inputs: Sequence[in
     return new, tuple(kept)
 
 
+def dynamo_constant_inputs(gm: fx.GraphModule, example_inputs: Sequence) -> list[int]:
+    """Indices of the inputs of a dynamo graph that are module parameters or buffers lifted to inputs.
+
+    Dynamo marks them as static inputs and sources them from a module's ``_parameters``/``_buffers``;
+    both signals are checked (plus nn.Parameter as a last resort) because they vary across torch versions.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    found = []
+    for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
+        static = node.meta.get("tensor_dict", {}).get("_dynamo_static_input_type")
+        source = str(getattr(node.meta.get("grapharg"), "source", ""))
+        if (static is not None or "ParamBufferSource" in source or isinstance(value, nn.Parameter)
+                or re.search(r"_(parameters|buffers)_", str(node.target))):
+            if isinstance(value, torch.Tensor):
+                found.append(i)
+    return found
+
+
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
     new = fx.Graph()
     out = new.graph_copy(graph, {})
@@ -251,16 +269,24 @@ def _own_weights(gm: fx.GraphModule) -> None:
     Copies are copy-on-write (``torch._lazy_clone``) where torch provides it: capturing BERT-base costs
     no 440 MB memcpy, yet training or editing either module never shows through to the other.
     """
-    for mod in gm.modules():
+    copies: dict[int, torch.Tensor] = {}  # by identity, so tied weights stay tied
+
+    def copy_of(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in copies:
+            c = _private_copy(t)
+            copies[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else c
+        return copies[id(t)]
+
+    for mod in gm.modules(remove_duplicate=False):
         for name, p in list(mod._parameters.items()):
             if p is not None:
-                mod._parameters[name] = nn.Parameter(_private_copy(p), requires_grad=p.requires_grad)
+                mod._parameters[name] = copy_of(p)
         for name, b in list(mod._buffers.items()):
             if b is not None:
-                mod._buffers[name] = _private_copy(b)
+                mod._buffers[name] = copy_of(b)
     for name, value in list(vars(gm).items()):
         if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-            setattr(gm, name, _private_copy(value))
+            setattr(gm, name, copy_of(value))
 
 
 def _private_copy(t: torch.Tensor) -> torch.Tensor:
@@ -304,6 +330,14 @@ def _classify(exc: BaseException) -> tuple[str, str]:
             "data-dependent control flow (a Python `if`/`while` or `.item()` on a tensor's value)",
             "make the branch independent of tensor values, express it with torch.cond / torch.where, "
             "or compile with torch.compile(model, backend='slimgraph'), which tolerates graph breaks",
+        )
+    if re.search(r"in output, which is not a known type|not a known type", text):
+        kind = re.search(r"<class '([^']+)'>", text)
+        return (
+            f"an output of type {kind.group(1) if kind else '?'} that torch.export cannot flatten",
+            "for transformers decoders disable the KV cache (model.config.use_cache = False, or "
+            "example_kwargs={'use_cache': False}); otherwise register the type with "
+            "torch.utils._pytree.register_pytree_node",
         )
     if isinstance(exc, TypeError) and "argument" in str(exc):
         return (

@@ -89,9 +89,22 @@ def set_attr_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor, *, par
         owner.register_buffer(name, value, persistent=True)
 
 
+_MODULE_NAMES = frozenset(dir(torch.nn.Module))
+
+
 def fresh_attr_name(gm: fx.GraphModule, base: str) -> str:
-    """A dotted attribute path not used yet, derived from ``base``."""
-    base = base.replace("-", "_")
+    """A dotted attribute path not used yet, derived from ``base``.
+
+    Each part is made a valid identifier that does not shadow an nn.Module member (a folded node named
+    ``to`` must not become ``module.to``).
+    """
+    parts = []
+    for part in base.replace("-", "_").split("."):
+        part = "".join(c if c.isalnum() or c == "_" else "_" for c in part) or "_"
+        if part[0].isdigit() or part in _MODULE_NAMES:
+            part = f"_{part}"
+        parts.append(part)
+    base = ".".join(parts)
     candidate, i = base, 0
     while _getattr_path(gm, candidate) is not None:
         i += 1

@@ -3,9 +3,10 @@
 ``slimgraph::linear_act(x, w, b, act)`` and ``slimgraph::conv_act(x, w, b, stride, padding, dilation,
 groups, act)`` mark "producer + epilogue" groups found by the ``fuse`` pass, so later passes (int8
 quantization) and kernels can target one node instead of a chain. They are registered as
-CompositeImplicitAutograd: eager execution, fake tensors and autograd run the torch reference below, and
-any re-trace (torch.compile's AOT stage, torch.export, ONNX export) decomposes them back into ATen ops so
-Inductor still fuses the epilogue its own way. The int8 ops of the quantization rewrite are opaque
+CompositeImplicitAutograd: eager execution, fake tensors and autograd run the torch reference below;
+torch.export keeps them as single nodes, and every decomposing re-trace (AOT autograd in front of
+Inductor, ``run_decompositions`` in ONNX export) breaks them back into ATen ops, so Inductor still fuses
+the epilogue its own way and exporters need no special case. The int8 ops of the quantization rewrite are opaque
 custom ops with Triton kernels instead.
 
 The activation table here is shared by every kernel with an activation epilogue.

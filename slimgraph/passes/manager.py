@@ -108,6 +108,8 @@ class PassManager:
                 out = p.run(gm)
                 gm = out.gm
                 if out.modified:
+                    if self.verify:  # structure first: a broken graph would fail to propagate or compile
+                        verify(gm, require_meta=False)
                     refresh(gm)
                     gm.recompile()
                 if self.verify:

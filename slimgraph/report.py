@@ -1,0 +1,104 @@
+"""Per-layer tables and model totals, for ``slimgraph inspect`` and the compression reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.fx as fx
+
+from .ir.graph_utils import get_attr_tensor, op_name
+from .ir.info import node_info
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    node: str
+    op: str
+    module: str
+    shape: str
+    dtype: str
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class ModelTotals:
+    params: int  # distinct tensor elements read by the graph (tied weights counted once)
+    bytes: int  # storage of those tensors
+    macs: int
+    nodes: int
+    gemm_nodes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_rows(gm: fx.GraphModule, *, all_nodes: bool = False) -> list[LayerRow]:
+    """One row per call node; by default only nodes that compute MACs or read parameters."""
+    rows = []
+    for node in gm.graph.nodes:
+        info = node_info(node)
+        if node.op != "call_function" or info is None:
+            continue
+        if not all_nodes and not (info.macs or info.params):
+            continue
+        spec = info.spec
+        rows.append(LayerRow(
+            node=node.name,
+            op=op_name(node.target),
+            module=info.module or "-",
+            shape="x".join(str(s) for s in spec.shape) if spec else "-",
+            dtype=str(spec.dtype).removeprefix("torch.") if spec else "-",
+            params=info.params,
+            macs=info.macs,
+        ))
+    return rows
+
+
+def totals(gm: fx.GraphModule) -> ModelTotals:
+    seen: dict[int, torch.Tensor] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            t = get_attr_tensor(gm, node)
+            if t is not None:
+                seen[id(t)] = t
+    params = sum(t.numel() for t in seen.values())
+    size = sum(t.numel() * t.element_size() for t in seen.values())
+    infos = [node_info(n) for n in gm.graph.nodes if n.op == "call_function"]
+    macs = sum(i.macs for i in infos if i is not None)
+    gemms = sum(1 for i in infos if i is not None and i.macs)
+    return ModelTotals(params, size, macs, len(gm.graph.nodes), gemms)
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def format_table(headers: list[str], rows: list[list[str]], align_right: set[int] = frozenset()) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def fmt(row):
+        cells = [str(c).rjust(w) if i in align_right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    line = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(headers), line, *(fmt(r) for r in rows)])
+
+
+def inspect_table(gm: fx.GraphModule, *, all_nodes: bool = False, limit: int | None = None) -> str:
+    rows = layer_rows(gm, all_nodes=all_nodes)
+    shown = rows if limit is None else rows[:limit]
+    body = format_table(
+        ["node", "op", "module", "output", "dtype", "params", "MACs"],
+        [[r.node, r.op, r.module, r.shape, r.dtype, human(r.params), human(r.macs)] for r in shown],
+        align_right={5, 6},
+    )
+    t = totals(gm)
+    more = f"\n... {len(rows) - len(shown)} more rows (use --all-rows)" if len(shown) < len(rows) else ""
+    return (f"{body}{more}\n\ntotal: {human(t.params)} params ({human(t.bytes, 'B')}), {human(t.macs)} MACs, "
+            f"{t.gemm_nodes} GEMM/conv nodes, {t.nodes} graph nodes")

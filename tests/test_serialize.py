@@ -1,0 +1,145 @@
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import assert_identical, run
+
+import slimgraph as sg
+from slimgraph.errors import ArchiveError
+from slimgraph.testing import make
+
+
+@pytest.mark.parametrize("name", ["mlp", "residual_cnn", "bert", "llama_gqa", "swin"])
+def test_roundtrip_reproduces_outputs_exactly(name, tmp_path):
+    model, args, kwargs = make(name)
+    opt = sg.optimize(model, args, example_kwargs=kwargs)
+    path = sg.save(opt, tmp_path / "model.sg")
+    loaded = sg.load(path)
+    assert type(run(loaded, args, kwargs)) is type(run(opt, args, kwargs))  # output structure kept
+    assert_identical(run(loaded, args, kwargs), run(opt, args, kwargs))
+    assert sg.graph_info(loaded).applied == sg.graph_info(opt).applied
+    # the reloaded graph is a full IR citizen: passes run on it again
+    again = sg.PassManager("fold-bn,fuse", check_numerics=True).run(loaded).gm
+    assert_identical(run(again, args, kwargs), run(opt, args, kwargs))
+
+
+def test_file_holds_no_pickle_and_is_plain_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    model, args, _ = make("mlp")
+    path = sg.save(sg.optimize(model, args), tmp_path / "m.sg")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["format"] == "slimgraph" and "graph" in meta
+    assert "fc1.weight" in keys
+    assert b"\x80\x04" not in path.read_bytes()[:64]  # not a pickle stream
+
+
+def test_tied_weights_stay_tied(tmp_path):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(self.emb(ids))
+
+    ids = torch.randint(0, 10, (2, 3))
+    gm = sg.capture(Tied(), (ids,))
+    loaded = sg.load(sg.save(gm, tmp_path / "t.sg"))
+    assert_identical(loaded(ids), gm(ids))
+    assert len({id(p) for p in loaded.parameters()}) == 1
+
+
+def test_int8_and_buffers_keep_their_dtype(tmp_path):
+    class Q(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randint(-127, 128, (4, 6), dtype=torch.int8))
+            self.register_buffer("s", torch.rand(4))
+
+        def forward(self, x):
+            return x @ (self.w.float() * self.s[:, None]).t()
+
+    x = torch.randn(2, 6)
+    gm = sg.capture(Q(), (x,))
+    loaded = sg.load(sg.save(gm, tmp_path / "q.sg"))
+    assert loaded.w.dtype == torch.int8
+    assert_identical(loaded(x), gm(x))
+
+
+def test_corrupt_truncated_and_foreign_files_get_clear_errors(tmp_path):
+    model, args, _ = make("mlp")
+    good = sg.save(sg.optimize(model, args), tmp_path / "good.sg")
+
+    truncated = tmp_path / "truncated.sg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ArchiveError, match="truncated or corrupt"):
+        sg.load(truncated)
+
+    garbage = tmp_path / "garbage.sg"
+    garbage.write_bytes(os.urandom(256))
+    with pytest.raises(ArchiveError, match="not a readable slimgraph archive"):
+        sg.load(garbage)
+
+    pickled = tmp_path / "model.pt"
+    torch.save(model, pickled)
+    with pytest.raises(ArchiveError, match="never loaded"):
+        sg.load(pickled)
+
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(ArchiveError, match="not a slimgraph archive"):
+        sg.load(plain)
+
+    with pytest.raises(ArchiveError, match="no such file"):
+        sg.load(tmp_path / "missing.sg")
+
+
+def test_tampered_graph_cannot_call_arbitrary_functions(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, args, _ = make("mlp")
+    path = sg.save(sg.optimize(model, args), tmp_path / "m.sg")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    graph = json.loads(meta["graph"])
+    node = next(n for n in graph["nodes"] if n["op"] == "call_function")
+    node["target"] = "builtin:os.system"
+    meta["graph"] = json.dumps(graph)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ArchiveError, match="unknown builtin"):
+        sg.load(path)
+
+
+def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model, args, _ = make("mlp")
+    opt = sg.optimize(model, args)
+    path = sg.save(opt, tmp_path / "m.sg")
+    before = path.read_bytes()
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(ArchiveError, match="disk full"):
+        sg.save(opt, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.sg"]  # no temporary files left behind
+
+
+def test_save_rejects_plain_modules(tmp_path):
+    with pytest.raises(ArchiveError, match="produced by slimgraph"):
+        sg.save(nn.Linear(2, 2), tmp_path / "x.sg")
