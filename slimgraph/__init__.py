@@ -19,6 +19,7 @@ from .errors import (
 )
 from .ir import capture, graph_info, node_info, to_networkx, verify
 from .passes import Pass, PassManager, PassResult, register_pass, registered_passes
+from .prune import prune, prune_report
 from .serialize import load, save
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ __all__ = [
     "load",
     "node_info",
     "optimize",
+    "prune",
+    "prune_report",
     "register_pass",
     "registered_passes",
     "save",

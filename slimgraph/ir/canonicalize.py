@@ -29,11 +29,15 @@ from .graph_utils import VIEW_OPS, add_constant, get_attr_tensor, set_attr_tenso
 
 aten = torch.ops.aten
 
-_EVAL_IDENTITY = {
+_EVAL_IDENTITY = {  # in eval mode these return their input (the in-place forms modify nothing)
     aten.dropout.default,
     aten.feature_dropout.default,
     aten.alpha_dropout.default,
     aten.feature_alpha_dropout.default,
+    aten.dropout_.default,
+    aten.feature_dropout_.default,
+    aten.alpha_dropout_.default,
+    aten.feature_alpha_dropout_.default,
 }
 _DROP = {aten._assert_tensor_metadata.default}
 

@@ -39,8 +39,12 @@ def _example_placeholder_values(gm: fx.GraphModule) -> list:
     return list(info.example_args)
 
 
-def propagate(gm: fx.GraphModule, *, only_missing: bool = True) -> fx.GraphModule:
-    """Fill ``meta["val"]``/``["tensor_meta"]`` by running the graph on fake tensors."""
+def propagate(gm: fx.GraphModule, *, only_missing: bool = True, before_node=None) -> fx.GraphModule:
+    """Fill ``meta["val"]``/``["tensor_meta"]`` by running the graph on fake tensors.
+
+    ``before_node(node)``, if given, runs just before each call node is evaluated, when its inputs already
+    have their new values: rewrites that derive arguments from input shapes (pruning's expand sizes) use it.
+    """
     from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
     mode = _fake_mode_for(gm)
@@ -78,6 +82,8 @@ def propagate(gm: fx.GraphModule, *, only_missing: bool = True) -> fx.GraphModul
                 continue
             if node.op != "call_function":
                 continue
+            if before_node is not None:
+                before_node(node)
             args = pytree.tree_map_only(fx.Node, val_of, node.args)
             kwargs = pytree.tree_map_only(fx.Node, val_of, node.kwargs)
             try:

@@ -54,7 +54,7 @@ class PipelineResult:
         """A readable per-pass summary."""
         rows = [("pass", "time", "changed", "nodes", "error vs input", "stats")]
         for r in self.records:
-            stats = ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, (list, dict)))
+            stats = ", ".join(f"{k}={v}" for k, v in r.stats.items() if isinstance(v, (int, float, str, bool)))
             err = str(r.error_vs_input) if r.error_vs_input is not None else "-"
             rows.append((r.name, f"{r.seconds * 1e3:.0f} ms", "yes" if r.modified else "no",
                          f"{r.nodes_before}->{r.nodes_after}", err, stats))
