@@ -265,7 +265,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> fx.G
                     f"{path} is a safetensors file but not a slimgraph archive (no slimgraph metadata); "
                     "load plain state dicts with safetensors.torch.load_file"
                 )
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # clone: tensors viewed from the file buffer can sit at any alignment, and CPU kernels (oneDNN
+            # convolutions) then pick other code paths whose rounding differs in the last bit; fresh
+            # allocations make a loaded model reproduce the saved one bit for bit
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except ArchiveError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -71,7 +71,9 @@ def propagate(gm: fx.GraphModule, *, only_missing: bool = True, before_node=None
                     f"placeholder '{node.name}' has no example value; pass example inputs when capturing"
                 )
             old = node.meta.get("val")
-            node.meta["val"] = old if old is not None else mode.from_tensor(examples[i])
+            # static shapes: symbolic dims exist only where capture (torch.export) created them; making every
+            # dim of a reloaded graph symbolic costs seconds of guard solving on window-attention models
+            node.meta["val"] = old if old is not None else mode.from_tensor(examples[i], static_shapes=True)
         for node in gm.graph.nodes:
             if node.op in ("placeholder", "output") or (only_missing and "val" in node.meta):
                 continue

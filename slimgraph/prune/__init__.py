@@ -132,7 +132,8 @@ class Prune(Pass):
         notes = list(report.notes)
         if not candidates:
             reasons = sorted({r for g in a.groups for r in g.blocked})[:5]
-            notes.append("nothing to prune: every group is unprunable" + (f" ({'; '.join(reasons)})" if reasons else ""))
+            why = f" ({'; '.join(reasons)})" if reasons else ""
+            notes.append(f"nothing to prune: every group is unprunable{why}")
         return PassResult(gm, bool(changed), stats, notes)
 
 

@@ -471,7 +471,7 @@ def _conv_transpose(a: Analysis, node: fx.Node):
         a.block_inputs(node, _reason(node, "transposed conv with a non-constant weight"))
         return None
     groups = _conv_groups(node)
-    cin, cout_g = w_shape[0], w_shape[1]
+    cout_g = w_shape[1]
     wd = len(w_shape)
     chan = _consume(a, node, x, 1, "transposed conv")
     if chan is not None:

@@ -1,0 +1,274 @@
+"""W8A8 GEMM: int8 x int8 -> int32 accumulation, with the whole dequantize epilogue fused.
+
+    out = act((a @ b.T) * a_scale[:, None] * b_scale[None, :] + bias)       a int8 [..., K], b int8 [N, K]
+
+``a`` is per-token quantized activations (``a_scale`` one value per row, or one value for the tensor: static
+quantization), ``b`` a Linear weight with per-output-channel scales. The int32 tile never leaves registers:
+scaling, bias, activation and the cast to fp16/bf16/fp32 happen before the single store, so no int32 or fp32
+intermediate goes through device memory (torch._int_mm + separate scaling writes and re-reads 4 B per output).
+
+Kernel design (H100): both operands are K-major ([M, K] and [N, K] row-major), the layout 8-bit wgmma wants; the
+1-D grid walks tiles in GROUP_M-tall sweeps so neighbouring programs share A and B tiles in L2; rows/columns past
+the edge wrap around (``% M``) instead of being masked so the inner loop carries no M/N masks, and the K tail mask is
+compiled out when K is a multiple of every candidate BLOCK_K. int32 accumulators are exact for K < 131072.
+
+Op: ``slimgraph::int8_matmul(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, str activation,
+ScalarType out_dtype) -> Tensor`` (activation "none" for none).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import InputError
+from ..ir.cost import linear_macs, register_macs
+from ._triton_utils import (
+    activation_code,
+    apply_activation_tl,
+    candidate_configs,
+    check_float_dtype,
+    check_same_device,
+    check_tensor,
+    check_vector,
+    grouped_tile,
+    launch,
+    m_bucket,
+    use_triton,
+)
+from .epilogue import apply_activation
+
+__all__ = ["CONFIGS", "INTERPRETER_CONFIG", "int8_matmul", "int8_matmul_reference"]
+
+OP = "int8_matmul"
+MAX_K = 131071  # 128 * 128 * K must stay below 2**31 in the int32 accumulator
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages
+    )
+
+
+# Curated per M bucket; the first entry of each list is the default when autotuning is off.
+# UNTUNED GUESSES: chosen from the shapes that run well for int8 wgmma in public Triton GEMMs (K-steps of 128-256
+# bytes, 128x128-128x256 tiles at large M, 4 warps = one warpgroup for small tiles), never measured on our H100.
+CONFIGS: dict[str, list[triton.Config]] = {
+    # Decode: the weight is read once and dominates; 16-row tiles (the minimum tl.dot), narrow N tiles so that
+    # N / BLOCK_N programs cover the 132 SMs, deep K steps and pipelines to keep enough bytes in flight.
+    "m16": [
+        _cfg(16, 64, 256, 4, 4),
+        _cfg(16, 32, 256, 4, 5),
+        _cfg(16, 64, 512, 4, 3),
+        _cfg(16, 128, 128, 4, 4),
+        _cfg(16, 128, 256, 8, 3),
+    ],
+    "m64": [
+        _cfg(64, 64, 128, 4, 4),
+        _cfg(32, 64, 256, 4, 4),
+        _cfg(64, 128, 128, 4, 4),
+        _cfg(32, 128, 256, 4, 3),
+        _cfg(64, 128, 256, 8, 3),
+    ],
+    "m256": [
+        _cfg(128, 128, 128, 8, 3),
+        _cfg(64, 128, 128, 4, 4),
+        _cfg(128, 64, 128, 4, 4),
+        _cfg(64, 256, 128, 8, 3),
+    ],
+    # Compute-bound: big tiles for operand reuse (shared memory per stage = (BM + BN) * BK bytes; 3 stages of
+    # 128x256x128 is 144 KiB of the 227 KiB), 8 warps = two warpgroups.
+    "large": [
+        _cfg(128, 256, 128, 8, 3),
+        _cfg(256, 128, 128, 8, 3),
+        _cfg(128, 128, 128, 8, 4),
+        _cfg(128, 256, 64, 8, 4),
+        _cfg(256, 128, 64, 8, 4),
+        _cfg(128, 128, 64, 4, 5),
+    ],
+}
+# Small tiles under the interpreter: several programs and K steps per test shape, so edge masks and grouping run.
+INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+
+
+@triton.jit
+def _int8_matmul_kernel(
+    a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
+    M, N, K,
+    stride_am, stride_bn, stride_cm,
+    stride_as, stride_bs,  # 0 broadcasts a per-tensor scale
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Wrap instead of masking: edge programs recompute valid rows and the store below drops them.
+    rows = offs_m % M
+    cols = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]
+    b_ptrs = b_ptr + cols[None, :] * stride_bn + offs_k[:, None]  # [BLOCK_K, BLOCK_N] view of the K-major weight
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+
+    # Epilogue in registers. Same operation order as the reference: (acc * a_scale) * b_scale + bias.
+    a_scale = tl.load(a_scale_ptr + rows * stride_as)
+    b_scale = tl.load(b_scale_ptr + cols * stride_bs)
+    y = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+    y = apply_activation_tl(y, ACTIVATION)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+# ------------------------------------------------------------------------------------------------ checks, launch
+
+
+def _check(a, b, a_scale, b_scale, bias, activation, out_dtype) -> tuple[int, int, int, int]:
+    """Validate the op's arguments; returns (M, N, K, activation code)."""
+    check_tensor(OP, "a", a, dtypes=(torch.int8,), min_dim=1)
+    check_tensor(OP, "b", b, dtypes=(torch.int8,), dim=2)
+    K, N = a.shape[-1], b.shape[0]
+    if b.shape[1] != K:
+        raise InputError(
+            f"{OP}: mismatched K: a has K={K} (shape {tuple(a.shape)}) but b has K={b.shape[1]} "
+            f"(shape {tuple(b.shape)}); b must be the [N, K] Linear weight layout"
+        )
+    if K > MAX_K:
+        raise InputError(f"{OP}: K={K} exceeds {MAX_K}; the int32 accumulator could overflow, split the GEMM")
+    M = prod(a.shape[:-1])
+    check_tensor(OP, "a_scale", a_scale, dtypes=(torch.float32,))
+    per_row = a_scale.numel() == M and (a_scale.dim() == 1 or tuple(a_scale.shape) == tuple(a.shape[:-1]))
+    if not (per_row or a_scale.numel() == 1):
+        raise InputError(
+            f"{OP}: argument 'a_scale' must hold one scale per row of a (shape {tuple(a.shape[:-1])} or ({M},)) "
+            f"or a single per-tensor scale, got shape {tuple(a_scale.shape)}"
+        )
+    check_vector(OP, "b_scale", b_scale, N, dtypes=(torch.float32,), allow_scalar=True)
+    if bias is not None:
+        check_vector(OP, "bias", bias, N, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+    check_same_device(OP, a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias)
+    check_float_dtype(OP, "out_dtype", out_dtype)
+    return M, N, K, activation_code(OP, activation)
+
+
+def _launch(a2, b, a_scale, b_scale, bias, act: int, out, config: triton.Config | None = None) -> None:
+    M, K = a2.shape
+    N = b.shape[0]
+    bucket = m_bucket(M)
+    configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    launch(
+        _int8_matmul_kernel,
+        grid,
+        (
+            a2, b, a_scale, b_scale, bias if bias is not None else b_scale, out,
+            M, N, K,
+            a2.stride(0), b.stride(0), out.stride(0),
+            0 if a_scale.numel() == 1 else 1, 0 if b_scale.numel() == 1 else 1,
+        ),
+        configs=configs,
+        key=("N", "K"),
+        bucket=bucket,
+        HAS_BIAS=bias is not None,
+        ACTIVATION=act,
+        EVEN_K=all(K % c.kwargs["BLOCK_K"] == 0 for c in configs),
+    )  # fmt: skip
+
+
+def int8_matmul_kernel(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=torch.float16, *, config=None):
+    """Run the Triton kernel (GPU, or CPU under the interpreter) without the op dispatcher; ``config`` pins one
+    tile config (tests, tuning). Same arguments and result as :func:`int8_matmul`."""
+    M, N, K, act = _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if M and N:
+        if K == 0:  # empty reduction: the epilogue of a zero accumulator
+            return int8_matmul_reference(a, b, a_scale, b_scale, bias, activation, out_dtype)
+        _launch(a.reshape(M, K), b, a_scale.reshape(-1), b_scale.reshape(-1), bias, act, out, config)
+    return out.reshape(*a.shape[:-1], N)
+
+
+# ----------------------------------------------------------------------------------------------------- reference
+
+
+def exact_int8_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ b[N, K].T exactly, as int32, on any device (torch._int_mm has shape limits on CUDA)."""
+    if a.device.type == "cpu" and a.shape[0] > 0 and a.shape[1] > 0 and b.shape[0] > 0:
+        try:
+            return torch._int_mm(a, b.t())
+        except RuntimeError:
+            pass
+    # float64 holds every partial sum exactly (|sum| < 2**31 < 2**53).
+    return (a.double() @ b.double().t()).to(torch.int32)
+
+
+def int8_matmul_reference(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=torch.float16):
+    """Pure-torch W8A8 linear with the same arithmetic as the kernel: exact int32 GEMM, fp32 epilogue."""
+    K, N = a.shape[-1], b.shape[0]
+    a2 = a.reshape(-1, K)
+    acc = exact_int8_gemm(a2, b)
+    y = acc.to(torch.float32) * a_scale.reshape(-1, 1) * b_scale.reshape(1, -1)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    y = apply_activation(y, activation)
+    return y.to(out_dtype).reshape(*a.shape[:-1], N)
+
+
+# ----------------------------------------------------------------------------------------------- op registration
+
+
+@torch.library.custom_op(
+    "slimgraph::int8_matmul",
+    mutates_args=(),
+    schema="(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, str activation, "
+    "ScalarType out_dtype) -> Tensor",
+)
+def _int8_matmul_op(a, b, a_scale, b_scale, bias, activation, out_dtype):
+    if use_triton(a):
+        return int8_matmul_kernel(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    return int8_matmul_reference(a, b, a_scale, b_scale, bias, activation, out_dtype)
+
+
+@_int8_matmul_op.register_fake
+def _(a, b, a_scale, b_scale, bias, activation, out_dtype):
+    _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    return a.new_empty((*a.shape[:-1], b.shape[0]), dtype=out_dtype)
+
+
+register_macs(torch.ops.slimgraph.int8_matmul.default)(linear_macs)
+
+
+def int8_matmul(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=torch.float16):
+    """``act((a @ b.T) * a_scale[:, None] * b_scale[None, :] + bias)`` with int32 accumulation.
+
+    Args:
+        a: int8 ``[..., K]`` activations (leading dims are flattened into M rows).
+        b: int8 ``[N, K]`` weight (nn.Linear layout).
+        a_scale: float32, one scale per row of ``a`` (shape ``a.shape[:-1]`` or ``[M]``) or a single element.
+        b_scale: float32 ``[N]`` per-output-channel scales, or a single element.
+        bias: optional ``[N]`` fp16/bf16/fp32, added in fp32.
+        activation: None or a name of :data:`slimgraph.kernels.ACTIVATIONS`, applied in fp32.
+        out_dtype: torch.float16, torch.bfloat16 or torch.float32.
+
+    Returns ``out_dtype`` ``[..., N]``. Runs the Triton kernel on CUDA (or on CPU with TRITON_INTERPRET=1), the
+    torch reference otherwise; bad arguments raise :class:`slimgraph.InputError`.
+    """
+    act = "none" if activation is None else activation
+    return torch.ops.slimgraph.int8_matmul(a, b, a_scale, b_scale, bias, act, out_dtype)

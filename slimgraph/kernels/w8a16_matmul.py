@@ -1,0 +1,264 @@
+"""Weight-only int8 GEMM (W8A16): ``out = (x @ w.T) * w_scale + bias`` with int8 weights dequantized in registers.
+
+For decode (M <= 16) a Linear layer is memory-bound on its weight: int8 halves the bytes of fp16, so the floor
+time halves. The kernel loads int8 weight tiles, converts them to the activation dtype in registers (exact:
+|q| <= 127 fits the fp16 and bf16 mantissas), accumulates in fp32 on the tensor cores, and applies the
+per-output-channel scale once per output in the epilogue rather than once per weight element.
+
+Decode configs use 16-row tiles (the smallest tl.dot) and narrow N tiles; when N / BLOCK_N programs still leave
+SMs idle (N <= ~4096 at 132 SMs), the K loop is split over ``SPLIT_K`` programs that write fp32 partial sums,
+summed and cast by a small second kernel (deterministic, unlike atomics; no zero-fill needed).
+
+fp32 activations use an IEEE fp32 dot (exact but slow): the fast paths are fp16 and bf16.
+
+Op: ``slimgraph::w8a16_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor``.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import InputError
+from ..ir.cost import linear_macs, register_macs
+from ._triton_utils import (
+    candidate_configs,
+    check_same_device,
+    check_tensor,
+    check_vector,
+    grouped_tile,
+    interpreter_requested,
+    launch,
+    m_bucket,
+    num_sms,
+    use_triton,
+)
+
+__all__ = ["CONFIGS", "INTERPRETER_CONFIG", "w8a16_matmul", "w8a16_matmul_reference"]
+
+OP = "w8a16_matmul"
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages
+    )
+
+
+# UNTUNED GUESSES (never measured on our H100); first entry = default when autotuning is off.
+CONFIGS: dict[str, list[triton.Config]] = {
+    # Decode: stream the weight. 64-wide N tiles keep 64 programs per 4096 columns (split-K fills the rest),
+    # K steps of 128-256 elements = 8-16 KiB of weight per stage, 4-5 stages in flight per program.
+    "m16": [
+        _cfg(16, 64, 256, 4, 4),
+        _cfg(16, 32, 256, 4, 5),
+        _cfg(16, 64, 128, 4, 5),
+        _cfg(16, 128, 128, 4, 4),
+        _cfg(16, 128, 256, 8, 3),
+    ],
+    "m64": [
+        _cfg(64, 64, 128, 4, 4),
+        _cfg(32, 64, 128, 4, 4),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(32, 128, 128, 4, 4),
+    ],
+    "m256": [
+        _cfg(128, 128, 64, 8, 3),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(128, 64, 64, 4, 4),
+        _cfg(64, 256, 64, 8, 3),
+    ],
+    # Compute-bound: fp16 GEMM tiles; the int8 -> fp16 conversion hides under the MMAs.
+    "large": [
+        _cfg(128, 256, 64, 8, 3),
+        _cfg(128, 128, 64, 8, 4),
+        _cfg(256, 128, 64, 8, 3),
+        _cfg(128, 128, 32, 4, 4),
+    ],
+}
+INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+_DECODE_BLOCK_N = 64  # what the split-K rule assumes of the decode configs' N tile
+MAX_SPLIT_K = 8
+
+
+@triton.jit
+def _w8a16_kernel(
+    x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_om, stride_split, stride_ws,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_m % M
+    cols = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    # Split s reads K blocks s, s + SPLIT_K, s + 2 * SPLIT_K, ...
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + (pid_k * BLOCK_K + offs_k)[None, :]
+    w_ptrs = w_ptr + cols[None, :] * stride_wn + (pid_k * BLOCK_K + offs_k)[:, None]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K * SPLIT_K)):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_left = K - (k * SPLIT_K + pid_k) * BLOCK_K
+            x = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        if DOT_FP32:  # the interpreter cannot multiply bf16 tiles; same products, fp32 sums
+            acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc, input_precision=DOT_PRECISION)
+        else:
+            acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K * SPLIT_K
+        w_ptrs += BLOCK_K * SPLIT_K
+
+    y = acc * tl.load(w_scale_ptr + cols * stride_ws)[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols).to(tl.float32)
+        y += tl.where(pid_k == 0, bias, 0.0)[None, :]  # added by one split only
+    out_ptrs = out_ptr + pid_k * stride_split + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _split_k_sum_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------ checks, launch
+
+
+def _check(x, w, w_scale, bias) -> tuple[int, int, int]:
+    check_tensor(OP, "x", x, dtypes=_FLOATS, min_dim=1)
+    check_tensor(OP, "w", w, dtypes=(torch.int8,), dim=2)
+    K, N = x.shape[-1], w.shape[0]
+    if w.shape[1] != K:
+        raise InputError(
+            f"{OP}: mismatched K: x has K={K} (shape {tuple(x.shape)}) but w has K={w.shape[1]} "
+            f"(shape {tuple(w.shape)}); w must be the [N, K] Linear weight layout"
+        )
+    check_vector(OP, "w_scale", w_scale, N, dtypes=(torch.float32,), allow_scalar=True)
+    if bias is not None:
+        check_vector(OP, "bias", bias, N, dtypes=_FLOATS)
+    check_same_device(OP, x=x, w=w, w_scale=w_scale, bias=bias)
+    return prod(x.shape[:-1]), N, K
+
+
+def choose_split_k(M: int, N: int, K: int, device: torch.device) -> int:
+    """Split the K loop of decode GEMMs until the programs cover the SMs (untuned rule; each split keeps at least
+    512 K elements so the fp32 partial sums stay a small fraction of the weight bytes)."""
+    if m_bucket(M) != "m16":
+        return 1
+    tiles = triton.cdiv(N, _DECODE_BLOCK_N)
+    split = 1
+    while split < MAX_SPLIT_K and tiles * split * 2 <= num_sms(device) and K >= split * 2 * 512:
+        split *= 2
+    return split
+
+
+def w8a16_matmul_kernel(x, w, w_scale, bias=None, *, config=None, split_k: int | None = None):
+    """Run the Triton kernel directly (GPU, or CPU under the interpreter); ``config`` pins a tile config and
+    ``split_k`` the K split (tests, tuning). Same arguments and result as :func:`w8a16_matmul`."""
+    M, N, K = _check(x, w, w_scale, bias)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out.reshape(*x.shape[:-1], N)
+    if K == 0:
+        return w8a16_matmul_reference(x, w, w_scale, bias)
+    split = choose_split_k(M, N, K, x.device) if split_k is None else int(split_k)
+    if split < 1:
+        raise InputError(f"{OP}: split_k must be >= 1, got {split_k}")
+    x2 = x.reshape(M, K)
+    bucket = m_bucket(M)
+    configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
+    target = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split)
+    launch(
+        _w8a16_kernel,
+        grid,
+        (x2, w, w_scale, bias if bias is not None else w_scale, target,
+         M, N, K,
+         x2.stride(0), w.stride(0), N, M * N, 0 if w_scale.numel() == 1 else 1),
+        configs=configs,
+        key=("N", "K", "SPLIT_K"),
+        bucket=bucket,
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+        EVEN_K=all(K % (c.kwargs["BLOCK_K"] * split) == 0 for c in configs),
+        DOT_FP32=interpreter_requested() and x.dtype == torch.bfloat16,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+    )  # fmt: skip
+    if split > 1:
+        block = 1024
+        sum_config = triton.Config({"BLOCK": block}, num_warps=4, num_stages=1)
+        launch(
+            _split_k_sum_kernel,
+            lambda meta: (triton.cdiv(M * N, block),),
+            (target, out, M * N),
+            configs=[sum_config],
+            key=(),
+            bucket="split_k_sum",
+            SPLIT_K=split,
+        )
+    return out.reshape(*x.shape[:-1], N)
+
+
+# ----------------------------------------------------------------------------------------------------- reference
+
+
+def w8a16_matmul_reference(x, w, w_scale, bias=None):
+    """Pure torch, fp32 math as the kernel: (x @ w.T) * w_scale + bias, cast to x.dtype."""
+    y = (x.to(torch.float32) @ w.to(torch.float32).t()) * w_scale.reshape(-1).to(torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- op registration
+
+
+@torch.library.custom_op(
+    "slimgraph::w8a16_matmul", mutates_args=(), schema="(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor"
+)
+def _w8a16_matmul_op(x, w, w_scale, bias):
+    if use_triton(x):
+        return w8a16_matmul_kernel(x, w, w_scale, bias)
+    _check(x, w, w_scale, bias)
+    return w8a16_matmul_reference(x, w, w_scale, bias)
+
+
+@_w8a16_matmul_op.register_fake
+def _(x, w, w_scale, bias):
+    _check(x, w, w_scale, bias)
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+register_macs(torch.ops.slimgraph.w8a16_matmul.default)(linear_macs)
+
+
+def w8a16_matmul(x, w, w_scale, bias=None):
+    """``(x @ w.T) * w_scale + bias`` with int8 weights, in ``x.dtype``.
+
+    Args:
+        x: fp16/bf16/fp32 ``[..., K]`` activations (leading dims flattened), contiguous.
+        w: int8 ``[N, K]`` weight (nn.Linear layout), e.g. from :func:`quantize_per_token` applied to the weight.
+        w_scale: float32 ``[N]`` per-output-channel scales, or a single element.
+        bias: optional ``[N]`` fp16/bf16/fp32.
+
+    Returns ``x.dtype`` ``[..., N]``. Triton on CUDA (or CPU with TRITON_INTERPRET=1), torch reference otherwise.
+    """
+    return torch.ops.slimgraph.w8a16_matmul(x, w, w_scale, bias)

@@ -1,0 +1,100 @@
+"""w8a16_matmul: kernel (with and without split-K) vs reference vs float64, configs, split rule, bad inputs."""
+
+import pytest
+import torch
+from kernel_helpers import OUT_DTYPES, assert_close, counting, rand_int8, rand_scale, rel_error
+
+from slimgraph import InputError
+from slimgraph.kernels import w8a16_matmul
+from slimgraph.kernels.w8a16_matmul import CONFIGS, choose_split_k, w8a16_matmul_kernel, w8a16_matmul_reference
+
+KERNEL = "_w8a16_kernel"
+SHAPES = [(1, 17, 33), (7, 13, 64), (13, 31, 100), (31, 7, 45)]
+
+
+def _inputs(M, N, K, dtype):
+    return torch.randn(M, K).to(dtype), rand_int8(N, K), rand_scale(N), torch.randn(N).to(dtype)
+
+
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("dtype", OUT_DTYPES)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_kernel_matches_reference(M, N, K, dtype, split_k):
+    x, w, s, bias = _inputs(M, N, K, dtype)
+    with counting(KERNEL, expected=1), counting("_split_k_sum_kernel", expected=int(split_k > 1)):
+        out = w8a16_matmul_kernel(x, w, s, bias, split_k=split_k)
+    assert_close(out, w8a16_matmul_reference(x, w, s, bias))
+
+
+def test_no_bias_single_scale_and_leading_dims():
+    x, w = torch.randn(2, 3, 40, dtype=torch.float16), rand_int8(9, 40)
+    out = w8a16_matmul_kernel(x, w, torch.tensor([0.01]), None, split_k=2)
+    assert out.shape == (2, 3, 9) and out.dtype == torch.float16
+    assert_close(out, w8a16_matmul_reference(x, w, torch.tensor([0.01])))
+
+
+@pytest.mark.parametrize("dtype", OUT_DTYPES)
+def test_reference_matches_float64(dtype):
+    x, w, s, bias = _inputs(13, 31, 100, dtype)
+    exact = (x.double() @ w.double().T) * s.double() + bias.double()
+    ref = w8a16_matmul_reference(x, w, s, bias)
+    assert rel_error(ref, exact) < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
+    assert_close(ref, exact.to(dtype))
+
+
+@pytest.mark.parametrize("bucket", sorted(CONFIGS))
+def test_every_curated_config_runs(bucket):
+    x, w, s, bias = _inputs(19, 37, 300, torch.float16)
+    expected = w8a16_matmul_reference(x, w, s, bias)
+    for config in CONFIGS[bucket]:
+        assert_close(w8a16_matmul_kernel(x, w, s, bias, config=config, split_k=1), expected, what=str(config))
+    if bucket == "m16":  # decode configs are the ones that run split
+        for config in CONFIGS[bucket]:
+            assert_close(w8a16_matmul_kernel(x, w, s, bias, config=config, split_k=2), expected, what=str(config))
+
+
+def test_split_k_rule():
+    cpu = torch.device("cpu")  # stands for an H100's 132 SMs
+    assert choose_split_k(1, 4096, 4096, cpu) == 2  # 64 N tiles -> 128 programs
+    assert choose_split_k(1, 1024, 4096, cpu) == 8  # 16 N tiles: split until the SMs are covered
+    assert choose_split_k(16, 14336, 4096, cpu) == 1  # enough N tiles already
+    assert choose_split_k(1, 1024, 512, cpu) == 1  # K too short to split
+    assert choose_split_k(64, 1024, 4096, cpu) == 1  # not decode
+
+
+def test_public_function_runs_the_kernel_under_the_interpreter():
+    x, w, s, bias = _inputs(3, 13, 64, torch.bfloat16)
+    with counting(KERNEL, expected=1):
+        out = w8a16_matmul(x, w, s, bias)
+    assert_close(out, w8a16_matmul_reference(x, w, s, bias))
+
+
+def test_cpu_without_interpreter_uses_the_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x, w, s, bias = _inputs(3, 13, 64, torch.float32)
+    with counting(KERNEL, expected=0):
+        assert torch.equal(w8a16_matmul(x, w, s, bias), w8a16_matmul_reference(x, w, s, bias))
+
+
+GOOD = dict(x=torch.randn(4, 32, dtype=torch.float16), w=rand_int8(8, 32), w_scale=rand_scale(8), bias=None)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(x=rand_int8(4, 32)), "argument 'x' must have dtype float16 or bfloat16 or float32, got int8"),
+        (dict(w=torch.randn(8, 32)), "argument 'w' must have dtype int8"),
+        (dict(w=rand_int8(8, 33)), "mismatched K: x has K=32"),
+        (dict(x=torch.randn(32, 4, dtype=torch.float16).T), "argument 'x' must be contiguous"),
+        (dict(w_scale=rand_scale(7)), r"argument 'w_scale' must have shape \(8,\)"),
+        (dict(w_scale=rand_scale(8).double()), "argument 'w_scale' must have dtype float32"),
+        (dict(bias=torch.randn(3)), r"argument 'bias' must have shape \(8,\)"),
+        (dict(w=rand_int8(8, 32).to("meta")), "all tensors must be on one device"),
+    ],
+)
+def test_bad_inputs_raise_input_error(change, message):
+    args = {**GOOD, **change}
+    with pytest.raises(InputError, match=message):
+        w8a16_matmul(**args)
+    with pytest.raises(InputError, match=message):
+        w8a16_matmul_kernel(**args)
