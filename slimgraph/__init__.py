@@ -8,6 +8,7 @@
 
 from . import kernels, passes  # noqa: F401 - registers ops and passes
 from .api import DEFAULT_PIPELINE, optimize
+from .distill import distill
 from .errors import (
     ArchiveError,
     CaptureError,
@@ -37,6 +38,7 @@ __all__ = [
     "SlimgraphError",
     "VerificationError",
     "capture",
+    "distill",
     "graph_info",
     "load",
     "node_info",

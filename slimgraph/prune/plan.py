@@ -71,7 +71,7 @@ def plan_removals(
         order = sorted(g.units, key=lambda u: (scores[u], u))
         keep_n = _keep_count(len(order), r, g.unit_width, round_to)
         remove = order[: len(order) - keep_n]
-        plans.append(GroupPlan(g, r, remove, [u for u in g.units if u not in set(remove)], scores))
+        plans.append(GroupPlan(g, r, remove, sorted(order[len(order) - keep_n:]), scores))
     if global_pool:
         plans.extend(_global(global_pool, scores, ratio, round_to, floor))
     return plans
@@ -104,6 +104,5 @@ def _global(groups: list[Group], scores: dict[int, float], ratio: float, round_t
         keep_n = len(g.units) - len(picked)
         keep_n = _keep_count(len(g.units), 1 - keep_n / len(g.units), g.unit_width, round_to)
         remove = order[: len(g.units) - keep_n]
-        plans.append(GroupPlan(g, len(remove) / len(g.units), remove, [u for u in g.units if u not in set(remove)],
-                               scores))
+        plans.append(GroupPlan(g, len(remove) / len(g.units), remove, sorted(order[len(remove):]), scores))
     return plans

@@ -1,0 +1,192 @@
+"""Knowledge distillation: recover what pruning (or quantization-aware fine-tuning) cost.
+
+    student = sg.distill(student, teacher, batches, steps=300, temperature=2.0, alpha=0.5)
+
+Loss per step, on the teacher's and the student's outputs for the same inputs:
+
+* ``output_loss="kl"`` (Hinton et al.): KL(softmax(t / T) || softmax(s / T)) * T^2 on the first output
+  tensor (a classifier's logits); ``"mse"`` or ``"cosine"`` for regression-like outputs such as sentence
+  embeddings;
+* mixed with the task loss when a batch carries labels: ``alpha * kd + (1 - alpha) * cross_entropy``;
+* plus ``hidden_weight`` x the mean squared error of every further output tensor whose shape matches the
+  teacher's (hidden states returned by the model).
+
+AdamW with linear warm-up then cosine decay, gradient clipping, a progress bar. Under ``torchrun`` (an
+initialized ``torch.distributed`` process group) the student is wrapped in DistributedDataParallel and
+each rank trains on its own shard of the batches; every rank returns the same trained module.
+
+A batch is a tuple of positional inputs, or a dict ``{"args": tuple, "kwargs": dict, "labels": tensor}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
+
+from .errors import InputError
+
+OUTPUT_LOSSES = ("kl", "mse", "cosine")
+
+
+@dataclass
+class DistillResult:
+    """Loss history of a run (per step), kept on the returned module as ``module.distill_history``."""
+
+    losses: list[float] = field(default_factory=list)
+    kd_losses: list[float] = field(default_factory=list)
+    task_losses: list[float] = field(default_factory=list)
+
+
+def _split_batch(batch) -> tuple[tuple, dict, torch.Tensor | None]:
+    if isinstance(batch, dict):
+        args = batch.get("args", ())
+        return (tuple(args) if isinstance(args, (tuple, list)) else (args,)), dict(batch.get("kwargs", {})), \
+            batch.get("labels")
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}, None
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}, None
+    raise InputError(f"a batch must be a tuple of inputs or a dict with 'args'/'kwargs'/'labels', got "
+                     f"{type(batch).__name__}")
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):  # transformers ModelOutput: logits first
+        rest = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t is not out.logits]
+        return [out.logits, *rest]
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    s, t = student.float(), teacher.float()
+    if kind == "kl":
+        log_p = F.log_softmax(s / temperature, dim=-1)
+        q = F.softmax(t / temperature, dim=-1)
+        return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    return (1.0 - F.cosine_similarity(s.flatten(1) if s.dim() > 1 else s, t.flatten(1) if t.dim() > 1 else t,
+                                      dim=-1)).mean()
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: Iterable,
+    steps: int = 100,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    *,
+    output_loss: str = "kl",
+    hidden_weight: float = 0.0,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    max_grad_norm: float = 1.0,
+    progress: bool = True,
+    seed: int = 0,
+) -> nn.Module:
+    """Train a copy of ``student`` to match ``teacher`` on ``batches``; returns the trained copy.
+
+    Args:
+        steps: optimizer steps (batches are cycled as needed).
+        temperature: softmax temperature T of the KL term.
+        alpha: weight of the distillation term against the task loss (used only when batches carry labels).
+        output_loss: "kl" (logits), "mse" or "cosine" (embeddings, regressions).
+        hidden_weight: weight of the MSE on further same-shaped output tensors.
+        warmup: fraction of steps of linear learning-rate warm-up.
+    """
+    if output_loss not in OUTPUT_LOSSES:
+        raise InputError(f"unknown output_loss {output_loss!r}; choose one of {', '.join(OUTPUT_LOSSES)}")
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    if temperature <= 0:
+        raise InputError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    data = list(batches)
+    if not data:
+        raise InputError("distill() needs at least one batch")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    shard = data[rank::world] if len(data) >= world else data
+
+    torch.manual_seed(seed)
+    model = copy.deepcopy(student)  # private tensors: training can touch neither the caller's student nor teacher
+    model.train()
+    teacher_was_training = teacher.training
+    teacher.eval()
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    if not params:
+        raise InputError("the student has no floating-point parameters to train")
+    wrapped = nn.parallel.DistributedDataParallel(model) if distributed else model
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = int(warmup * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warm))
+    history = DistillResult()
+    bar = _progress(steps, progress and rank == 0)
+    try:
+        for step in range(steps):
+            args, kwargs, labels = _split_batch(shard[step % len(shard)])
+            with torch.no_grad():
+                t_out = _tensors(teacher(*args, **kwargs))
+            s_out = _tensors(wrapped(*args, **kwargs))
+            kd = kd_loss(s_out[0], t_out[0], output_loss, temperature)
+            loss = kd
+            task = None
+            if labels is not None:
+                task = F.cross_entropy(s_out[0].float().flatten(0, -2), labels.flatten())
+                loss = alpha * kd + (1.0 - alpha) * task
+            if hidden_weight:
+                pairs = [(s, t) for s, t in zip(s_out[1:], t_out[1:]) if s.shape == t.shape and s.is_floating_point()]
+                if pairs:
+                    loss = loss + hidden_weight * sum(F.mse_loss(s.float(), t.float()) for s, t in pairs) / len(pairs)
+            if not torch.isfinite(loss):
+                raise InputError(f"distillation loss became {loss.item()} at step {step}: lower lr or check inputs")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            history.losses.append(loss.item())
+            history.kd_losses.append(kd.item())
+            if task is not None:
+                history.task_losses.append(task.item())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        teacher.train(teacher_was_training)
+    model.eval()
+    for p in params:
+        p.grad = None
+    model.distill_history = history
+    return model
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="distill", unit="step", leave=False)
