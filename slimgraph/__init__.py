@@ -8,6 +8,7 @@
 
 from . import kernels, passes  # noqa: F401 - registers ops and passes
 from .api import DEFAULT_PIPELINE, optimize
+from .backend import backend  # the factory; the module stays importable as sys.modules["slimgraph.backend"]
 from .distill import distill
 from .errors import (
     ArchiveError,
@@ -37,6 +38,7 @@ __all__ = [
     "PipelineError",
     "SlimgraphError",
     "VerificationError",
+    "backend",
     "capture",
     "distill",
     "graph_info",

@@ -40,6 +40,7 @@ def capture(
     dynamic_batch: bool = True,
     share_weights: bool = False,
     constant_inputs: Sequence[int] = (),
+    dynamic_shapes=None,
 ) -> fx.GraphModule:
     """Capture ``model`` at the example inputs into a canonical fx GraphModule.
 
@@ -54,6 +55,8 @@ def capture(
         constant_inputs: for dynamo-captured GraphModules: indices of ``example_inputs`` that are
             parameters or buffers lifted to inputs; they become constants of the returned module,
             which then takes only the remaining inputs.
+        dynamic_shapes: an explicit ``torch.export`` dynamic-shapes spec (for the inputs left after
+            ``constant_inputs``); overrides ``dynamic_batch``.
     """
     args, kwargs = _check_inputs(example_inputs, example_kwargs)
     if not isinstance(model, nn.Module) and not isinstance(model, torch.export.ExportedProgram):
@@ -68,7 +71,7 @@ def capture(
     if isinstance(model, torch.export.ExportedProgram):
         exported, dynamic = model.module(), False
     else:
-        exported, dynamic, source = _export_with_fallbacks(model, args, kwargs, dynamic_batch, source)
+        exported, dynamic, source = _export_with_fallbacks(model, args, kwargs, dynamic_batch, source, dynamic_shapes)
 
     gm = fx.GraphModule(exported, exported.graph, class_name="SlimGraphModule")
     gm.meta[GRAPH_KEY] = GraphInfo(
@@ -167,10 +170,12 @@ def _quiet_export_warnings():
         yield
 
 
-def _export_with_fallbacks(model, args, kwargs, dynamic_batch: bool, source: str):
+def _export_with_fallbacks(model, args, kwargs, dynamic_batch: bool, source: str, dynamic_shapes=None):
     failures: list[tuple[str, BaseException]] = []
     attempts = []
-    if dynamic_batch:
+    if dynamic_shapes is not None:
+        attempts.append(("torch.export (given dynamic shapes)", dynamic_shapes))
+    elif dynamic_batch:
         shapes = _batch_dynamic_shapes(model, args, kwargs)
         if shapes is not None:
             attempts.append(("torch.export (dynamic batch)", shapes))

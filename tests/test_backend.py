@@ -1,0 +1,148 @@
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import assert_close_outputs, run
+
+import slimgraph as sg
+from slimgraph.errors import InputError
+from slimgraph.testing import ZOO, make
+
+sgb = importlib.import_module("slimgraph.backend")  # the package attribute is the sg.backend() factory
+EAGER = {"inner": "eager"}
+
+
+def _compile(model, options=None, **kwargs):
+    torch._dynamo.reset()
+    return torch.compile(model, backend="slimgraph", options=dict(options or EAGER), **kwargs)
+
+
+def _last():
+    return sgb.COMPILED[-1]
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_lossless_compile_matches_eager_on_every_family(name):
+    model, args, kwargs = make(name)
+    compiled = _compile(model)
+    with torch.no_grad():
+        out = compiled(*args, **kwargs)
+    assert_close_outputs(out, run(model, args, kwargs), rel=1e-4)
+    records = [r for r in sgb.COMPILED if r.options.inner == "eager"]
+    assert records and all(r.fallback is None for r in records[-1:]), records[-1].fallback
+
+
+def test_optimized_graph_is_really_used():
+    model, args, _ = make("residual_cnn")
+    compiled = _compile(model)
+    with torch.no_grad():
+        compiled(*args)
+    record = _last()
+    assert record.fallback is None and "fold-bn" in record.applied and "fuse" in record.applied
+    targets = {n.target for n in record.graph.graph.nodes}
+    assert torch.ops.aten.batch_norm.default not in targets
+    assert torch.ops.slimgraph.conv_act.default in targets
+
+
+def test_dynamic_batch_does_not_recompile():
+    model, _, _ = make("mlp")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="slimgraph", options=EAGER, dynamic=True)
+    before = len(sgb.COMPILED)
+    with torch.no_grad():
+        for batch in (3, 7, 16, 5, 64):
+            x = torch.randn(batch, 32)
+            assert_close_outputs(compiled(x), model(x), rel=1e-5)
+        assert len(sgb.COMPILED) - before == 1  # one symbolic-M graph serves every prefill size
+        for _ in range(3):
+            x = torch.randn(1, 32)
+            assert_close_outputs(compiled(x), model(x), rel=1e-5)
+    assert len(sgb.COMPILED) - before == 2  # dynamo specializes size 1 once (decode), then never again
+    assert all(r.fallback is None for r in list(sgb.COMPILED)[before:])
+
+
+def test_graph_breaks_prints_and_data_dependent_control_flow():
+    class Awkward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x)))
+            print("shape", tuple(y.shape))  # a print: graph break
+            if y.mean() > 0:  # data-dependent branch: graph break
+                y = y * 2
+            z = torch.special.i0(y)  # an op slimgraph has no pass for: left to the inner compiler
+            return self.fc(z.mean((2, 3)))
+
+    model = Awkward().eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = _compile(model)
+    with torch.no_grad():
+        assert_close_outputs(compiled(x), model(x), rel=1e-5)
+
+
+def test_failure_in_a_pass_falls_back_with_a_warning(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in a pass")
+
+    monkeypatch.setattr(sgb, "_optimize", broken)
+    model, args, _ = make("mlp")
+    compiled = _compile(model)
+    with caplog.at_level("WARNING", logger="slimgraph"), torch.no_grad():
+        out = compiled(*args)
+    assert_close_outputs(out, model(*args), rel=1e-6)
+    assert "boom in a pass" in caplog.text and "unmodified graph" in caplog.text
+    assert "boom" in _last().fallback
+
+
+def test_training_graphs_are_left_to_the_inner_compiler():
+    model, args, _ = make("mlp")
+    model.train()
+    compiled = _compile(model)
+    out = compiled(*args)  # grad mode on, parameters require grad
+    out.sum().backward()
+    assert model.fc1.weight.grad is not None
+
+
+def test_backend_factory_and_option_errors():
+    model, args, _ = make("mlp")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=sg.backend(inner="eager", fuse=False))
+    with torch.no_grad():
+        compiled(*args)
+    assert "fuse" not in _last().applied
+    with pytest.raises(InputError, match="quant="):
+        sg.backend(quant="w8a8")  # static needs calibration data
+    with pytest.raises(InputError, match="unknown slimgraph backend option"):
+        sg.backend(speed="max")
+
+
+def test_models_pruned_with_the_api_compile_the_same_way():
+    model, args, kwargs = make("bert")
+    pruned = sg.prune(model, args, ratio=0.5, example_kwargs=kwargs)
+    compiled = _compile(pruned)
+    with torch.no_grad():
+        assert_close_outputs(compiled(*args, **kwargs), run(pruned, args, kwargs), rel=1e-5)
+
+
+def test_entry_point_registers_the_backend_without_importing_slimgraph():
+    code = (
+        "import sys, torch\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())\n"
+        "f = torch.compile(m, backend='slimgraph', options={'inner': 'eager'})\n"
+        "x = torch.randn(2, 4)\n"
+        "with torch.no_grad():\n"
+        "    assert torch.allclose(f(x), m(x))\n"
+        "import importlib; b = importlib.import_module('slimgraph.backend')\n"
+        "assert b.COMPILED and b.COMPILED[-1].fallback is None, b.COMPILED\n"
+        "print('ok', 'slimgraph' in torch._dynamo.list_backends())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok True"
