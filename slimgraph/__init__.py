@@ -3,10 +3,14 @@
     import slimgraph as sg
     gm = sg.capture(model, example_inputs)
     opt = sg.optimize(model, example_inputs, pipeline="fold-bn,fuse")
-    sg.save(opt, "model.sg"); opt = sg.load("model.sg")
+    small = sg.prune(model, example_inputs, ratio=0.5)
+    q = sg.quantize(small, example_inputs, scheme="w8a8-dynamic")
+    sg.save(q, "model.sg"); q = sg.load("model.sg")
+    sg.export_onnx(q, example_inputs, "model.onnx")
+    torch.compile(model, backend="slimgraph", options={"quant": "w8a8-dynamic"})
 """
 
-from . import kernels, passes  # noqa: F401 - registers ops and passes
+from . import kernels, passes, quant  # noqa: F401 - registers ops and passes
 from .api import DEFAULT_PIPELINE, optimize
 from .backend import backend  # the factory; the module stays importable as sys.modules["slimgraph.backend"]
 from .distill import distill
@@ -20,8 +24,10 @@ from .errors import (
     VerificationError,
 )
 from .ir import capture, graph_info, node_info, to_networkx, verify
+from .onnx_export import export_onnx
 from .passes import Pass, PassManager, PassResult, register_pass, registered_passes
 from .prune import prune, prune_report
+from .quant import quantize
 from .serialize import load, save
 
 __version__ = "0.1.0"
@@ -41,12 +47,14 @@ __all__ = [
     "backend",
     "capture",
     "distill",
+    "export_onnx",
     "graph_info",
     "load",
     "node_info",
     "optimize",
     "prune",
     "prune_report",
+    "quantize",
     "register_pass",
     "registered_passes",
     "save",

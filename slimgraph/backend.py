@@ -70,12 +70,12 @@ class BackendOptions:
             options["extra_passes"] = (options["extra_passes"],)
         return cls(**options)
 
-    def pipeline(self) -> list[str]:
+    def pipeline(self, *, quant: bool = True) -> list[str]:
         passes = ["fold-constants", "fold-bn"]
         if self.fuse:
             passes.append("fuse")
         passes.extend(self.extra_passes)
-        if self.quant is not None:
+        if quant and self.quant is not None:
             passes.append(f"quant{{scheme={self.quant}}}")
         passes.append("dce")
         return passes
@@ -91,6 +91,7 @@ class CompileRecord:
     applied: list[str] = field(default_factory=list)
     fallback: str | None = None  # why the unmodified graph was compiled instead
     seconds: float = 0.0
+    autotune: list = field(default_factory=list)  # LayerTimings when autotune ran
     graph: fx.GraphModule | None = field(default=None, repr=False)
 
 
@@ -173,13 +174,18 @@ def _optimize(gm: fx.GraphModule, example_inputs: list, options: BackendOptions)
     spec = _dynamo_dynamic_dims(gm, kept_tensors)
     captured = capture(gm, aliases, constant_inputs=constants, share_weights=True, dynamic_batch=False,
                        dynamic_shapes=spec)
-    result = PassManager(options.pipeline(), check_numerics=options.check).run(captured)
-    optimized = result.gm
-    if options.autotune and options.quant is not None:
-        from .autotune import autotune_quantized
+    tuned = options.autotune and options.quant is not None
+    result = PassManager(options.pipeline(quant=not tuned), check_numerics=options.check).run(captured)
+    if tuned:  # time each int8 candidate against its float version on this device; keep the faster
+        from .autotune import choose_layers
+        from .quant.quant_pass import Quantize
 
-        optimized = autotune_quantized(optimized, options.quant, [example_inputs[i] for i in keep])
-    for record in result.records:
+        overrides, timings = choose_layers(result.gm, options.quant)
+        COMPILED[-1].autotune = timings
+        quantize = Quantize(scheme=options.quant, per_layer=overrides, progress=False)
+        result = PassManager([quantize, "dce"], check_numerics=options.check).run(result.gm)
+    optimized = result.gm
+    for record in graph_info(optimized).history:
         for note in record.notes:
             log.debug("slimgraph backend: %s: %s", record.name, note)
     _flatten_calling_convention(optimized)

@@ -189,4 +189,4 @@ def _progress(total: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="distill", unit="step", leave=False)
+    return tqdm(total=total, desc="distill", unit="step", leave=False, disable=None)  # None: off when not a TTY

@@ -293,7 +293,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> fx.G
 
 
 def _rebuild(description: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModule:
-    import slimgraph.kernels  # noqa: F401 - make torch.ops.slimgraph.* resolvable
+    import slimgraph  # noqa: F401 - registers every torch.ops.slimgraph.* op (kernels and int8 graph ops)
 
     root = nn.Module()
     installed: dict[str, torch.Tensor] = {}  # per tensor key, so tied attributes share one Parameter

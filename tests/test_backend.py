@@ -146,3 +146,53 @@ def test_entry_point_registers_the_backend_without_importing_slimgraph():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok True"
+
+
+@pytest.mark.parametrize("name", ["mlp", "residual_cnn", "bert", "llama_gqa", "vit", "mobilenet_v2"])
+@pytest.mark.parametrize("quant", ["w8a8-dynamic", "w8a16"])
+def test_int8_compile_matches_eager_to_int8_tolerance(name, quant):
+    from slimgraph.numerics import compare_outputs
+
+    model, args, kwargs = make(name)
+    compiled = _compile(model, {"inner": "eager", "quant": quant})
+    with torch.no_grad():
+        out = compiled(*args, **kwargs)
+    record = _last()
+    assert record.fallback is None, record.fallback
+    assert any(a.startswith("quant") for a in record.applied)
+    ops = {n.target for n in record.graph.graph.nodes if n.op == "call_function"}
+    assert any(str(t).startswith("slimgraph.q") for t in ops), "no int8 op in the compiled graph"
+    err = compare_outputs(out, run(model, args, kwargs))
+    assert err.cosine > (0.999 if quant == "w8a16" else 0.99), err
+
+
+def test_autotune_keeps_the_faster_version_per_layer_and_caches(tmp_path, monkeypatch):
+    from slimgraph import autotune
+
+    monkeypatch.setenv("SLIMGRAPH_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_timer(fn):
+        # pretend int8 wins only for the wide layer (fc1: 32 -> 64); everything else is faster in float
+        graph_module = fn.func
+        quantized = any(str(n.target).startswith("slimgraph.q") for n in graph_module.graph.nodes)
+        wide = any(n.op == "get_attr" and getattr(graph_module, n.target).shape == (64, 32)
+                   for n in graph_module.graph.nodes)
+        calls.append(quantized)
+        return 1.0 if (quantized and wide) else 2.0 if quantized else 1.5
+
+    monkeypatch.setattr(autotune, "default_timer", fake_timer)
+    model, args, _ = make("mlp")
+    compiled = _compile(model, {"inner": "eager", "quant": "w8a8-dynamic", "autotune": True})
+    with torch.no_grad():
+        compiled(*args)
+    timings = {t.name.split("_")[-2]: t.choice for t in _last().autotune}
+    assert timings == {"fc1": "int8", "fc2": "float", "fc3": "float"}, timings
+    graph = _last().graph
+    assert sum(str(n.target).startswith("slimgraph.qlinear") for n in graph.graph.nodes) == 1
+    first = len(calls)
+    assert first == 6 and (tmp_path / f"autotune-v{autotune.CACHE_VERSION}.json").is_file()
+    compiled = _compile(model, {"inner": "eager", "quant": "w8a8-dynamic", "autotune": True})
+    with torch.no_grad():
+        compiled(*args)
+    assert len(calls) == first and all(t.cached for t in _last().autotune)  # second compile: from the cache

@@ -29,7 +29,7 @@ def test_top_level_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("inspect", "optimize", "passes", "demo"):
+    for command in ("inspect", "optimize", "passes", "demo", "compress", "prune", "quantize", "export", "bench"):
         assert command in out
 
 
@@ -78,12 +78,35 @@ def test_console_script_entry_point_runs():
     assert result.returncode == 0 and "fuse" in result.stdout
 
 
-def test_demo_on_digits_writes_report(tmp_path, cache_dir, capsys):
+def test_demo_runs_the_main_job_and_writes_the_report(tmp_path, cache_dir, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "digits-cnn", "--out", str(out)]) == 0
+    code = main(["demo", "digits-cnn", "--out", str(out), "--prune", "0.5", "--distill", "40", "--quant", "w8a8"])
+    assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["reload_exact"] is True
-    stages = {s["stage"]: s for s in report["stages"]}
-    assert stages["optimized (lossless)"]["metrics"]["accuracy"] == stages["original (eager)"]["metrics"]["accuracy"]
-    assert "fold-bn" in (out / "report.md").read_text()
-    assert (out / "model.slimgraph").is_file()
+    stages = {s["stage"] if "stage" in s else s["name"]: s for s in report["stages"]}
+    assert list(stages) == ["original", "pruned", "distilled", "quantized"]
+    assert stages["pruned"]["macs"] < 0.5 * stages["original"]["macs"]
+    assert stages["quantized"]["bytes"] < 0.35 * stages["original"]["bytes"]  # int8 storage, pruned
+    assert all("accuracy" in s["metrics"] for s in stages.values())
+    assert report["checks"]["reload_exact"] is True and report["checks"]["output_shapes_unchanged"] is True
+    for name in ("report.md", "layers.png", "tradeoff.png", "model.slimgraph", "model.onnx"):
+        assert (out / name).is_file(), name
+    printed = capsys.readouterr().out
+    assert "stage" in printed and "quantized" in printed and "report.md" in printed
+
+
+def test_prune_quantize_export_subcommands(tmp_path, capsys):
+    pruned = tmp_path / "p.sg"
+    assert main(["prune", FACTORY, "--ratio", "0.5", "--round-to", "1", "--out", str(pruned)]) == 0
+    assert "pruned" in capsys.readouterr().out
+    quantized = tmp_path / "q.sg"
+    assert main(["quantize", str(pruned), "--scheme", "w8a8-dynamic", "--out", str(quantized)]) == 0
+    onnx_file = tmp_path / "q.onnx"
+    assert main(["export", str(quantized), "--onnx", str(onnx_file)]) == 0
+    assert onnx_file.is_file() and onnx_file.stat().st_size > 0
+    assert sg.load(quantized).get_buffer  # loads
+
+
+def test_bench_subcommand_reports_a_missing_suite(capsys):
+    assert main(["bench", "no_such_suite"]) == 2
+    assert "not found" in capsys.readouterr().err

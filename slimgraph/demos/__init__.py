@@ -27,6 +27,9 @@ class Demo:
     # evaluate(candidate) -> {metric: value}: task quality of a compressed model against this demo's
     # original (accuracy on held-out data, or embedding fidelity). None for user factories.
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    train_batches: list = field(default_factory=list)  # distillation data (sg.distill batch format)
+    calib_batches: list = field(default_factory=list)  # calibration data: tuples of inputs
+    distill: dict = field(default_factory=dict)  # sg.distill settings that suit this model (incl. "steps")
 
 
 def _minilm() -> Demo:

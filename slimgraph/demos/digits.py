@@ -103,8 +103,14 @@ def load_digits_cnn():
     from . import Demo
 
     model = trained_digits_cnn()
-    _, _, x_test, y_test = digits_data()
+    x_train, y_train, x_test, y_test = digits_data()
     acc = accuracy(model, x_test, y_test)
+    train = [{"args": (x_train[i:i + 64],), "labels": y_train[i:i + 64]} for i in range(0, len(x_train), 64)]
     return Demo("digits-cnn", model, (x_test[:16],), {},
                 description=f"CNN on sklearn digits (8x8), test accuracy {acc:.1f}%",
-                evaluate=lambda candidate: {"accuracy": accuracy(candidate, x_test, y_test)})
+                evaluate=lambda candidate: {"accuracy": accuracy(candidate, x_test, y_test)},
+                train_batches=train, calib_batches=[b["args"] for b in train[:8]], distill=DISTILL)
+
+
+# Hinton KD plus the label loss; a small CNN recovers within a few hundred steps (bench/prune_digits.py).
+DISTILL = {"steps": 600, "lr": 2e-3, "temperature": 4.0, "alpha": 0.7, "output_loss": "kl"}

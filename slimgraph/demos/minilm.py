@@ -89,6 +89,14 @@ def load_minilm():
     ids, mask = text_batches("train", batch_size=8, limit=8, tokenizer=tokenizer)[0]
     model = load_encoder()
     heldout = text_batches("heldout", batch_size=32, tokenizer=tokenizer)
+    train = text_batches("train", batch_size=16, tokenizer=tokenizer)
     return Demo("minilm", model, (ids, mask), {},
                 description="all-MiniLM-L6-v2 sentence encoder (real pretrained weights, offline)",
-                evaluate=fidelity_evaluator(model, heldout))
+                evaluate=fidelity_evaluator(model, heldout),
+                train_batches=train, calib_batches=train[:8],
+                distill=DISTILL)
+
+
+# Distillation settings for the pruned encoder: embeddings are matched by cosine (the metric users judge
+# sentence encoders by); see bench/prune_minilm.py for the sweep behind them.
+DISTILL = {"steps": 240, "lr": 1e-4, "output_loss": "cosine", "warmup": 0.1, "weight_decay": 0.01}

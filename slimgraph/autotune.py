@@ -1,0 +1,193 @@
+"""Per-layer int8-or-float choice by measurement, for the torch.compile backend's ``autotune`` option.
+
+int8 loses to fp16 on small GEMMs (launch and quantization overhead dominate), so "quantize everything"
+can make a model slower. For each layer the ``quant`` pass would rewrite, this module builds a one-layer
+graph, quantizes it with the very same pass, times float and int8 on the actual device at the layer's
+real shapes, and keeps the faster. Decisions are cached on disk per (device, torch version, scheme, op,
+input shape with M rounded up to a power of two, weight shape, activation), so recompiles and later
+processes do not re-measure; decode (M = 1..16) and prefill shapes get separate entries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+
+from .ir.graph_utils import get_attr_tensor, op_name
+from .ir.info import GRAPH_KEY, GraphInfo
+
+log = logging.getLogger("slimgraph")
+CACHE_VERSION = 1
+Timer = Callable[[Callable[[], object]], float]  # returns milliseconds
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    name: str
+    key: str
+    float_ms: float
+    int8_ms: float
+    cached: bool
+
+    @property
+    def choice(self) -> str:
+        return "int8" if self.int8_ms < self.float_ms else "float"
+
+
+def default_timer(fn: Callable[[], object]) -> float:
+    """Median milliseconds: triton's do_bench on CUDA, a small wall-clock loop on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        import triton
+
+        return float(triton.testing.do_bench(fn, warmup=10, rep=40))
+    with torch.no_grad():
+        for _ in range(2):
+            fn()
+        times = []
+        for _ in range(7):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def cache_path() -> Path:
+    root = os.environ.get("SLIMGRAPH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
+    return Path(root) / f"autotune-v{CACHE_VERSION}.json"
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(path: Path, cache: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _bucket(m: int) -> int:
+    return 1 << max(0, (m - 1).bit_length())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{os.cpu_count()}"
+
+
+def _layer_key(node: fx.Node, x: torch.Tensor, w: torch.Tensor, scheme: str) -> str:
+    rows = 1
+    for s in x.shape[:-1]:
+        rows *= s
+    shape = (_bucket(rows), *x.shape[-1:]) if node.target in _LINEARS else tuple(x.shape)
+    act = next((a for a in node.args if isinstance(a, str)), "none")
+    return "|".join([_device_name(x.device), torch.__version__, scheme, op_name(node.target), str(shape),
+                     str(tuple(w.shape)), act])
+
+
+_LINEARS = {torch.ops.aten.linear.default, torch.ops.slimgraph.linear_act.default}
+
+
+def _one_layer_graph(gm: fx.GraphModule, node: fx.Node, x: torch.Tensor) -> fx.GraphModule:
+    """A graph holding just ``node`` (its weights copied by reference), fed by one input like its own."""
+    root = torch.nn.Module()
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    x_node = node.args[0]
+    env[x_node] = graph.placeholder("x")
+    for i, arg in enumerate(node.all_input_nodes):
+        if arg is x_node:
+            continue
+        t = get_attr_tensor(gm, arg)
+        if t is None:
+            raise ValueError(f"{node.name} reads a non-constant tensor besides its input")
+        root.register_buffer(f"t{i}", t)
+        env[arg] = graph.get_attr(f"t{i}")
+    out = graph.node_copy(node, lambda a: env[a])
+    graph.output(out)
+    mini = fx.GraphModule(root, graph)
+    mini.meta[GRAPH_KEY] = GraphInfo(example_args=(x,))
+    from .ir.propagate import refresh
+
+    refresh(mini, only_missing=False)
+    return mini
+
+
+def choose_layers(
+    gm: fx.GraphModule,
+    scheme: str,
+    *,
+    timer: Timer | None = None,
+    use_cache: bool = True,
+) -> tuple[dict[str, str], list[LayerTiming]]:
+    """Time every quantizable layer of ``gm`` float vs int8; returns (per_layer overrides, timings).
+
+    The overrides map layer names to "float" where float was faster; pass them to the quant pass's
+    ``per_layer``.
+    """
+    from .passes.manager import PassManager
+    from .quant.quant_pass import Quantize
+    from .quant.targets import find_targets
+
+    timer = timer or default_timer
+    path = cache_path()
+    cache = _load_cache(path) if use_cache else {}
+    overrides: dict[str, str] = {}
+    timings: list[LayerTiming] = []
+    dirty = False
+    for target in find_targets(gm):
+        node = target.node
+        if target.unsupported or target.weight is None or not isinstance(node.args[0], fx.Node):
+            continue
+        val = node.args[0].meta.get("val")
+        w = get_attr_tensor(gm, target.weight)
+        if not isinstance(val, torch.Tensor) or w is None:
+            continue
+        shape = [int(s) if isinstance(s, int) else int(s.node.hint or 1) for s in val.shape]
+        x = torch.randn(shape, dtype=val.dtype, device=w.device)
+        key = _layer_key(node, x, w, scheme)
+        hit = cache.get(key)
+        was_cached = hit is not None
+        if hit is None:
+            try:
+                mini = _one_layer_graph(gm, node, x)
+                quantized = PassManager([Quantize(scheme=scheme, progress=False)]).run(_copy(mini)).gm
+                with torch.no_grad():
+                    float_ms = timer(partial(mini, x))
+                    int8_ms = timer(partial(quantized, x))
+            except Exception as exc:  # noqa: BLE001 - a layer we cannot time keeps the requested scheme
+                log.debug("autotune: %s not timed (%s)", target.name, exc)
+                continue
+            hit = {"float_ms": float_ms, "int8_ms": int8_ms}
+            cache[key] = hit
+            dirty = True
+        timing = LayerTiming(target.name, key, hit["float_ms"], hit["int8_ms"], cached=was_cached)
+        timings.append(timing)
+        if timing.choice == "float":
+            overrides[target.name] = "float"
+    if dirty and use_cache:
+        _save_cache(path, cache)
+    kept = sum(1 for t in timings if t.choice == "int8")
+    log.info("autotune (%s): %d of %d layers faster in int8", scheme, kept, len(timings))
+    return overrides, timings
+
+
+def _copy(gm: fx.GraphModule) -> fx.GraphModule:
+    import copy
+
+    return copy.deepcopy(gm)

@@ -1,0 +1,94 @@
+"""The quantization report: one row per GEMM-like layer, attached to the graph's pass history.
+
+``print(slimgraph.quant.last_report(gm))`` shows, for every linear/conv/matmul/embedding, the scheme it runs
+in, its weight-scale range, its activation scale (static) or "dynamic", the SQNR of its output when only it
+is quantized, and whether it was kept in int8 or left in float and why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch.fx as fx
+
+from ..ir.info import graph_info
+
+REPORT_KEY = "report"  # PassRecord.stats key of the quant pass holding its QuantReport
+
+
+@dataclass
+class LayerReport:
+    name: str
+    node: str
+    kind: str  # linear | conv1d | conv2d | matmul | embedding | unsupported op
+    scheme: str  # the scheme it runs in: w8a8 | w8a8-dynamic | w8a16 | float
+    int8: bool
+    reason: str = ""  # why it stayed in float
+    weight_scale_min: float | None = None
+    weight_scale_max: float | None = None
+    act_scale: float | None = None  # static activation scale
+    sqnr_db: float | None = None  # of this layer's output with only this layer quantized
+
+    def row(self) -> tuple[str, ...]:
+        wrange = (f"{self.weight_scale_min:.2e}..{self.weight_scale_max:.2e}"
+                  if self.weight_scale_min is not None else "-")
+        if self.act_scale is not None:
+            act = f"{self.act_scale:.3e}"
+        else:
+            act = "dynamic" if self.int8 and self.scheme in ("w8a8-dynamic",) else "-"
+        sqnr = "-" if self.sqnr_db is None else ("exact" if math.isinf(self.sqnr_db) else f"{self.sqnr_db:.1f}")
+        status = "int8" if self.int8 else f"float ({self.reason})" if self.reason else "float"
+        return (self.name, self.kind, self.scheme, wrange, act, sqnr, status)
+
+
+@dataclass
+class QuantReport:
+    scheme: str
+    observer: str
+    layers: list[LayerReport] = field(default_factory=list)
+    smoothquant_alpha: float | None = None
+    smoothed_layernorms: int = 0  # SmoothQuant factors folded into LayerNorms
+    calibration_batches: int = 0
+    output_rel_error: float | None = None  # ||y_q - y|| / ||y|| over the calibration outputs
+    output_cosine: float | None = None  # minimum cosine over calibration batches
+    max_error: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def quantized(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.int8]
+
+    @property
+    def skipped(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if not layer.int8]
+
+    def summary(self) -> str:
+        err = f", output rel. error {self.output_rel_error:.2e}" if self.output_rel_error is not None else ""
+        cos = f", min cosine {self.output_cosine:.5f}" if self.output_cosine is not None else ""
+        return (f"{self.scheme} ({self.observer}): {len(self.quantized)} of {len(self.layers)} layers int8"
+                f"{err}{cos}")
+
+    def table(self) -> str:
+        header = ("layer", "op", "scheme", "weight scales", "act scale", "SQNR dB", "kept")
+        rows = [header] + [layer.row() for layer in self.layers]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+        lines = [self.summary()]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def last_report(gm: fx.GraphModule) -> QuantReport | None:
+    """The report of the most recent quant pass run on ``gm`` (None if it was never quantized)."""
+    for record in reversed(graph_info(gm).history):
+        report = getattr(record, "stats", {}).get(REPORT_KEY)
+        if isinstance(report, QuantReport):
+            return report
+    return None
