@@ -76,7 +76,7 @@ class BackendOptions:
             passes.append("fuse")
         passes.extend(self.extra_passes)
         if quant and self.quant is not None:
-            passes.append(f"quant{{scheme={self.quant}}}")
+            passes.append(quant_pass_spec(self.quant))
         passes.append("dce")
         return passes
 
@@ -96,6 +96,13 @@ class CompileRecord:
 
 
 COMPILED: deque[CompileRecord] = deque(maxlen=64)
+
+
+def quant_pass_spec(scheme: str, per_layer: str = "") -> str:
+    """The quant pass for a backend scheme; activation schemes smooth LayerNorm-fed Linears, calibrated on the
+    compile-time inputs (as sg.quantize's "auto" default does)."""
+    smooth = ",smoothquant=0.5" if scheme == "w8a8-dynamic" else ""
+    return f"quant{{scheme={scheme}{smooth}{per_layer}}}"
 
 
 def slimgraph_backend(gm: fx.GraphModule, example_inputs: Sequence, **kwargs) -> Callable:
@@ -182,7 +189,8 @@ def _optimize(gm: fx.GraphModule, example_inputs: list, options: BackendOptions)
 
         overrides, timings = choose_layers(result.gm, options.quant)
         COMPILED[-1].autotune = timings
-        quantize = Quantize(scheme=options.quant, per_layer=overrides, progress=False)
+        quantize = Quantize(scheme=options.quant, per_layer=overrides, progress=False,
+                            smoothquant=0.5 if options.quant == "w8a8-dynamic" else None)
         result = PassManager([quantize, "dce"], check_numerics=options.check).run(result.gm)
     optimized = result.gm
     for record in graph_info(optimized).history:

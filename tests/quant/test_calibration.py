@@ -68,8 +68,11 @@ def test_smoothquant_folds_into_layer_norm_and_keeps_the_residual_exact():
     with torch.no_grad():
         model.ln.weight.mul_(torch.linspace(0.1, 8.0, 16))  # channel outliers, as in real transformers
     x = torch.randn(4, 8, 16)
-    plain = quantize(model, (x,), "w8a8-dynamic")
+    plain = quantize(model, (x,), "w8a8-dynamic", smoothquant=None)
     smooth = quantize(model, (x,), "w8a8-dynamic", smoothquant=0.5)
+    auto = quantize(model, (x,), "w8a8-dynamic")  # the default smooths activation schemes
+    assert sg.quant.last_report(auto).smoothed_layernorms == 1
+    assert sg.quant.last_report(quantize(model, (x,), "w8a16")).smoothed_layernorms == 0
     report = sg.quant.last_report(smooth)
     assert report.smoothed_layernorms == 1
     rows = {r.name: r for r in report.layers}
