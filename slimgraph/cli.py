@@ -142,7 +142,8 @@ def cmd_prune(args) -> int:
     demo = _load(args.model)
     ratios = {"heads": args.heads} if args.heads is not None else None
     gm = prune(demo.model, demo.args, ratio=args.ratio, importance=args.importance, scope=args.scope,
-               round_to=args.round_to, ignore=tuple(args.ignore), example_kwargs=demo.kwargs, ratios=ratios)
+               round_to=args.round_to, ignore=tuple(args.ignore), example_kwargs=demo.kwargs, ratios=ratios,
+               calib=demo.calib_batches or None)
     print(prune_report(gm).table(limit=None if args.all_rows else 40))
     if args.out:
         print(f"saved to {save(gm, args.out)}")
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prune", default="0.5", help="fraction of channels/FFN neurons removed (default 0.5; "
                        "'none' to skip pruning)")
         p.add_argument("--heads", default="0.25", help="fraction of attention heads removed (default 0.25)")
-        p.add_argument("--importance", default="l2", help="l1 | l2 | bn-scale | taylor | random (default l2)")
+        p.add_argument("--importance", default="act", help="l1 | l2 | act | bn-scale | taylor | random (default act: "
+                       "activation-aware, from the model's calibration data)")
         p.add_argument("--round-to", type=int, default=8, help="round kept widths up to a multiple (default 8)")
         p.add_argument("--distill", type=int, default=None, metavar="STEPS",
                        help="distillation steps after pruning (default: the model's own setting; 0 = none)")
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=model_help)
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of units removed per group (default 0.5)")
     p.add_argument("--heads", type=float, default=None, help="separate ratio for attention heads")
-    p.add_argument("--importance", default="l2", help="l1 | l2 | bn-scale | taylor | random")
+    p.add_argument("--importance", default="l2", help="l1 | l2 | act | bn-scale | taylor | random")
     p.add_argument("--scope", default="local", help="local | global")
     p.add_argument("--round-to", type=int, default=8, help="round kept widths up to a multiple (default 8)")
     p.add_argument("--ignore", action="append", default=[], help="module (pattern) never to prune; repeatable")

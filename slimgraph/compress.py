@@ -36,7 +36,7 @@ from .errors import InputError
 class CompressConfig:
     prune: float | None = 0.5  # fraction of channels / FFN neurons removed per group; None = no pruning
     heads: float | None = 0.25  # fraction of attention heads removed; None = same as ``prune``
-    importance: str = "l2"
+    importance: str = "act"  # activation-aware: uses the model's calibration data
     round_to: int = 8
     distill_steps: int | None = None  # None: the demo's default; 0 = no distillation
     quant: str | None = "w8a8-dynamic"  # None = stay in float
@@ -122,7 +122,8 @@ def compress(model: str, config: CompressConfig | None = None, out_dir: str | Pa
         start = time.perf_counter()
         ratios = {"heads": config.heads} if config.heads is not None else None
         current = prune(current, demo.args, ratio=config.prune, importance=config.importance,
-                        round_to=config.round_to, example_kwargs=demo.kwargs, ratios=ratios, seed=config.seed)
+                        round_to=config.round_to, example_kwargs=demo.kwargs, ratios=ratios, seed=config.seed,
+                        calib=demo.calib_batches or None)
         report = prune_report(current)
         note = f"{len(report.pruned)} of {len(report.groups)} groups pruned"
         stages.append(_measure("pruned", current, demo, current, time.perf_counter() - start, config.latency_iters,

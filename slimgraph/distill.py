@@ -8,8 +8,11 @@ Loss per step, on the teacher's and the student's outputs for the same inputs:
   tensor (a classifier's logits); ``"mse"`` or ``"cosine"`` for regression-like outputs such as sentence
   embeddings;
 * mixed with the task loss when a batch carries labels: ``alpha * kd + (1 - alpha) * cross_entropy``;
-* plus ``hidden_weight`` x the mean squared error of every further output tensor whose shape matches the
-  teacher's (hidden states returned by the model).
+* plus ``hidden_weight`` x the mean squared error of hidden states: for a student captured by slimgraph
+  (a pruned GraphModule) the outputs of its LayerNorm nodes that the teacher's graph has under the same name
+  and shape (pruning keeps node names and the residual width: each transformer block's output is matched,
+  dense supervision that recovers far more than the final output alone); for other models, every further
+  output tensor whose shape matches the teacher's.
 
 AdamW with linear warm-up then cosine decay, gradient clipping, a progress bar. Under ``torchrun`` (an
 initialized ``torch.distributed`` process group) the student is wrapped in DistributedDataParallel and
@@ -27,11 +30,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from .errors import InputError
+from .ir.info import GRAPH_KEY, graph_info
 
 OUTPUT_LOSSES = ("kl", "mse", "cosine")
 
@@ -43,6 +48,7 @@ class DistillResult:
     losses: list[float] = field(default_factory=list)
     kd_losses: list[float] = field(default_factory=list)
     task_losses: list[float] = field(default_factory=list)
+    hidden_states: list[str] = field(default_factory=list)  # graph nodes matched by the hidden-state loss
 
 
 def _split_batch(batch) -> tuple[tuple, dict, torch.Tensor | None]:
@@ -128,6 +134,12 @@ def distill(
 
     torch.manual_seed(seed)
     model = copy.deepcopy(student)  # private tensors: training can touch neither the caller's student nor teacher
+    student_run, teacher_run, hidden_names = model, teacher, []
+    if hidden_weight and _is_slimgraph(model):
+        teacher_graph = teacher if _is_slimgraph(teacher) else _capture_like(teacher, model)
+        hidden_names = hidden_state_nodes(model, teacher_graph)
+        if hidden_names:
+            student_run, teacher_run = _Tapped(model, hidden_names), _Tapped(teacher_graph, hidden_names)
     model.train()
     teacher_was_training = teacher.training
     teacher.eval()
@@ -136,7 +148,7 @@ def distill(
         p.requires_grad_(True)
     if not params:
         raise InputError("the student has no floating-point parameters to train")
-    wrapped = nn.parallel.DistributedDataParallel(model) if distributed else model
+    wrapped = nn.parallel.DistributedDataParallel(student_run) if distributed else student_run
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = int(warmup * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warm))
@@ -146,8 +158,8 @@ def distill(
         for step in range(steps):
             args, kwargs, labels = _split_batch(shard[step % len(shard)])
             with torch.no_grad():
-                t_out = _tensors(teacher(*args, **kwargs))
-            s_out = _tensors(wrapped(*args, **kwargs))
+                t_out, t_hidden = _outputs(teacher_run(*args, **kwargs), teacher_run)
+            s_out, s_hidden = _outputs(wrapped(*args, **kwargs), student_run)
             kd = kd_loss(s_out[0], t_out[0], output_loss, temperature)
             loss = kd
             task = None
@@ -155,7 +167,8 @@ def distill(
                 task = F.cross_entropy(s_out[0].float().flatten(0, -2), labels.flatten())
                 loss = alpha * kd + (1.0 - alpha) * task
             if hidden_weight:
-                pairs = [(s, t) for s, t in zip(s_out[1:], t_out[1:]) if s.shape == t.shape and s.is_floating_point()]
+                pairs = list(zip(s_hidden, t_hidden)) if hidden_names else [
+                    (s, t) for s, t in zip(s_out[1:], t_out[1:]) if s.shape == t.shape and s.is_floating_point()]
                 if pairs:
                     loss = loss + hidden_weight * sum(F.mse_loss(s.float(), t.float()) for s, t in pairs) / len(pairs)
             if not torch.isfinite(loss):
@@ -180,8 +193,71 @@ def distill(
     model.eval()
     for p in params:
         p.grad = None
+    history.hidden_states = hidden_names
     model.distill_history = history
     return model
+
+
+def _is_slimgraph(module) -> bool:
+    return isinstance(module, fx.GraphModule) and GRAPH_KEY in module.meta
+
+
+def _capture_like(teacher: nn.Module, student: fx.GraphModule) -> fx.GraphModule:
+    from .ir.capture import capture
+
+    info = graph_info(student)
+    return capture(teacher, info.example_args, info.example_kwargs, share_weights=True)
+
+
+def hidden_state_nodes(student: fx.GraphModule, teacher: fx.GraphModule) -> list[str]:
+    """LayerNorm outputs both graphs have under one name with one shape: the states to match."""
+    def norms(gm):
+        out = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and n.target in (torch.ops.aten.layer_norm.default,) and "val" in n.meta:
+                out[n.name] = tuple(n.meta["val"].shape)
+        return out
+
+    s, t = norms(student), norms(teacher)
+    return [name for name, shape in s.items() if t.get(name) == shape]
+
+
+class _Tapped(nn.Module):
+    """Runs a slimgraph GraphModule and also returns the values of some of its nodes.
+
+    The tapped graph is a copy of the graph over the *same* module (parameters shared), so training through
+    it trains the original.
+    """
+
+    def __init__(self, gm: fx.GraphModule, names: list[str]):
+        super().__init__()
+        from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
+
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        out = graph.graph_copy(gm.graph, env)
+        flat = list(out) if isinstance(out, (tuple, list)) else [out]
+        by_name = {n.name: env[n] for n in gm.graph.nodes if n in env}
+        graph.output(tuple(flat + [by_name[name] for name in names]))
+        info = getattr(gm.graph._codegen, "pytree_info", None)
+        self.out_spec = info.out_spec if info is not None else None
+        if info is not None:
+            graph._codegen = _PyTreeCodeGen(_PyTreeInfo(info.orig_args, info.in_spec, None))
+        self.n_outputs = len(flat)
+        self.graph_module = fx.GraphModule(gm, graph)
+
+    def forward(self, *args, **kwargs):
+        return self.graph_module(*args, **kwargs)
+
+
+def _outputs(result, runner) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(model output tensors, tapped hidden states) of one forward call."""
+    if not isinstance(runner, _Tapped):
+        return _tensors(result), []
+    flat = list(result)
+    main = flat[: runner.n_outputs]
+    out = pytree.tree_unflatten(main, runner.out_spec) if runner.out_spec is not None else main
+    return _tensors(out), flat[runner.n_outputs:]
 
 
 def _progress(total: int, enabled: bool):

@@ -111,3 +111,21 @@ def test_distributed_data_parallel_with_gloo_on_two_processes(tmp_path):
     assert all(r["world"] == 2 for r in ranks)
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # DDP kept replicas identical
     assert all(r["after"] < r["before"] for r in ranks)
+
+
+def test_pruned_graph_students_match_the_teachers_hidden_states():
+    from slimgraph.testing import make
+
+    model, args, kwargs = make("bert")
+    student = sg.prune(model, args, ratio=0.5, example_kwargs=kwargs, check=False)
+    batches = [{"args": args, "kwargs": kwargs}]
+    trained = sg.distill(student, model, batches, steps=30, output_loss="mse", hidden_weight=1.0, lr=1e-3,
+                         progress=False)
+    names = trained.distill_history.hidden_states
+    assert names and all("layer_norm" in n for n in names)  # one per block plus the embedding LayerNorm
+    with torch.no_grad():
+        before = F.mse_loss(student(*args, **kwargs).last_hidden_state, model(*args, **kwargs).last_hidden_state)
+        after = F.mse_loss(trained(*args, **kwargs).last_hidden_state, model(*args, **kwargs).last_hidden_state)
+    assert after < before
+    assert isinstance(trained, torch.fx.GraphModule) and "slimgraph" in trained.meta  # still a slimgraph graph
+    assert trained.graph is not student.graph  # a trained copy

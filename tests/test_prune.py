@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_identical, assert_state_unchanged, count_ops, run, state_snapshot
+from helpers import assert_close_outputs, assert_identical, assert_state_unchanged, count_ops, run, state_snapshot
 
 import slimgraph as sg
 from slimgraph.errors import InputError, PipelineError
@@ -181,6 +181,18 @@ def test_bn_scale_falls_back_to_l2_without_batchnorm():
     pruned = sg.prune(model, args, ratio=0.5, importance="bn-scale", round_to=1)
     notes = sg.graph_info(pruned).history[-1].notes
     assert any("no BatchNorm" in n for n in notes)
+
+
+def test_activation_aware_importance_ranks_unexcited_units_low():
+    model, args, _ = make("mlp")
+    calib = [(torch.randn(8, 32),) for _ in range(2)]
+    with torch.no_grad():
+        model.fc1.bias[:32] = -100.0  # these 32 units are never excited (relu output 0): fc2 never sees them
+    pruned = sg.prune(model, args, ratio=0.5, importance="act", round_to=1, calib=calib, ratios={"fc2": 0.0})
+    assert torch.equal(pruned.get_parameter("fc1.weight"), model.fc1.weight[32:])
+    assert_close_outputs(run(pruned, args), run(model, args), rel=1e-6)  # removing silent units is exact
+    l2 = sg.prune(model, args, ratio=0.5, importance="l2", round_to=1)
+    assert not torch.equal(l2.get_parameter("fc1.weight"), model.fc1.weight[32:])  # magnitude alone cannot see it
 
 
 def test_taylor_and_random_importance():

@@ -264,11 +264,11 @@ def prune(
 
     Args:
         ratio: fraction of units (channels, FFN neurons, attention heads) removed from each prunable group.
-        importance: "l1" | "l2" | "bn-scale" | "taylor" | "random".
+        importance: "l1" | "l2" | "act" (activation-aware, needs ``calib``) | "bn-scale" | "taylor" | "random".
         scope: "local" (every group loses ``ratio``) or "global" (one normalized ranking, with ``floor``).
         round_to: kept widths are rounded up to a multiple of this (1 = exactly ``ratio``).
         ignore: module names (fnmatch patterns allowed) or module objects never to prune.
-        calib: batches (tuples of inputs) for ``taylor`` importance; default the example inputs.
+        calib: batches (tuples of inputs) for ``act`` and ``taylor`` importance; default the example inputs.
         ratios: per-group overrides keyed by "heads", "channels" or a module pattern.
     """
     from ..api import _copy_graph_module

@@ -6,6 +6,9 @@
   fall back to ``l2`` and say so;
 * ``taylor``: first-order Taylor |w * dL/dw| summed over calibration batches, with L the sum of the
   squared outputs (no labels needed) unless a ``loss_fn`` is given;
+* ``act``: activation-aware magnitude: for every consumer reading the unit, the norm of its weight column
+  times the norm of the activation it multiplies, over calibration batches (structured Wanda/FLAP style);
+  a unit that is large but never excited, or excited but never read, ranks low. Best for transformers;
 * ``random``: a seeded baseline.
 
 Buffers (BN running statistics) never count: a unit whose weights are all zero has zero importance
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,7 +30,7 @@ from ..errors import InputError
 from ..ir.graph_utils import _getattr_path
 from .analysis import Analysis, Group, Member
 
-CRITERIA = ("l1", "l2", "bn-scale", "taylor", "random")
+CRITERIA = ("l1", "l2", "act", "bn-scale", "taylor", "random")
 
 
 def _energy(member: Member, tensor: torch.Tensor, mode: str) -> np.ndarray:
@@ -73,6 +77,7 @@ def unit_scores(
     calib: Iterable[tuple] | None = None,
     loss_fn: Callable | None = None,
     seed: int = 0,
+    channel_stats: dict | None = None,
 ) -> tuple[dict[int, float], list[str]]:
     """Score every unit of ``groups``; returns (root -> score, notes)."""
     if criterion not in CRITERIA:
@@ -97,6 +102,18 @@ def unit_scores(
         if fallback:
             notes.append(f"{len(fallback)} group(s) have no BatchNorm: ranked by l2 instead of bn-scale")
             l2, _ = unit_scores(a, fallback, "l2")
+            scores.update(l2)
+    elif criterion == "act":
+        stats = channel_stats if channel_stats is not None else input_channel_stats(a, calib)
+        for m in members:
+            if m.role == "in" and m.node in stats:
+                weight_cols = _energy(m, tensors[m.target], "l2") ** 0.5
+                norm = stats[m.node].norm.reshape(m.labels.shape)
+                _accumulate(a, m, weight_cols * norm, scores, normalize=True)
+        ranked_without = [g for g in groups if not any(scores.get(u) for u in g.units)]
+        if ranked_without:
+            notes.append(f"{len(ranked_without)} group(s) have no GEMM reading them: ranked by l2 instead of act")
+            l2, _ = unit_scores(a, ranked_without, "l2")
             scores.update(l2)
     else:
         grads = _taylor_grads(a.gm, tensors, calib, loss_fn) if criterion == "taylor" else {}
@@ -140,3 +157,66 @@ def _taylor_grads(gm: fx.GraphModule, tensors: dict[str, torch.Tensor], calib, l
             p.grad = None
             p.requires_grad_(saved[k])
     return grads
+
+
+@dataclass
+class ChannelStats:
+    """Per input channel of one consumer (linear/conv with groups=1), over calibration data."""
+
+    dim: int  # channel dim of the consumer's input
+    sum: torch.Tensor  # [K] sum of the channel's values
+    sq_sum: torch.Tensor  # [K] sum of squares
+    count: int = 0  # values summed per channel
+
+    @property
+    def norm(self) -> np.ndarray:
+        return self.sq_sum.sqrt().cpu().numpy()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(1, self.count)
+
+
+def input_channel_stats(a: Analysis, calib) -> dict[str, ChannelStats]:
+    """Statistics of the input channels every linear/conv (groups=1) consumer of a prunable unit multiplies with
+    its weight columns, over the calibration batches: consumer node name -> ChannelStats."""
+    nodes = {n.name: n for n in a.gm.graph.nodes}
+    watch: dict[fx.Node, list[tuple[str, int]]] = {}
+    for m in a.members:
+        node = nodes.get(m.node)
+        if m.role != "in" or node is None or not isinstance(node.args[0], fx.Node) or m.labels.ndim < 2:
+            continue
+        if m.labels.ndim == 2:  # linear weight [N, K]: channels on the input's last dim
+            dim = -1
+        else:  # conv weight [O, I, ...]: channels on dim 1, usable when groups == 1
+            w_val, x_val = node.args[1].meta.get("val"), node.args[0].meta.get("val")
+            if w_val is None or x_val is None or w_val.shape[1] != x_val.shape[1]:
+                continue
+            dim = 1
+        watch.setdefault(node.args[0], []).append((m.node, dim))
+    if not watch:
+        return {}
+    stats: dict[str, ChannelStats] = {}
+
+    class Collector(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in watch and isinstance(out, torch.Tensor):
+                x = out.detach().double()
+                for consumer, dim in watch[n]:
+                    dims = [d for d in range(x.dim()) if d != dim % x.dim()]
+                    s, sq = x.sum(dim=dims), (x * x).sum(dim=dims)
+                    count = x.numel() // x.shape[dim]
+                    if consumer in stats:
+                        st = stats[consumer]
+                        st.sum, st.sq_sum, st.count = st.sum + s, st.sq_sum + sq, st.count + count
+                    else:
+                        stats[consumer] = ChannelStats(dim, s, sq, count)
+            return out
+
+    from ..quant.calibrate import flat_inputs, normalize_batches
+
+    with torch.no_grad():
+        for batch in normalize_batches(list(calib) if calib is not None else None, a.gm):
+            Collector(a.gm).run(*flat_inputs(a.gm, batch))
+    return stats
