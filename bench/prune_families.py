@@ -399,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             r = by[(name, tool)]
             groups = r.get("groups", {})
             notes = r.get("error") or r.get("other_batch_error") or r.get("shape_change") or r.get("run_error") or ""
+            if r.get("ran") and r.get("params_after") == r.get("params_before") and not notes:
+                notes = "nothing pruned"
             if tool == "slimgraph" and r.get("ran"):
                 detail = (f"{groups.get('pruned', 0)} pruned / {groups.get('unprunable', 0)} unprunable; "
                           f"params with round_to=1: {r.get('params_after_round_to_1')}")

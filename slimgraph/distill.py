@@ -24,6 +24,7 @@ A batch is a tuple of positional inputs, or a dict ``{"args": tuple, "kwargs": d
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .errors import InputError
 from .ir.info import GRAPH_KEY, graph_info
 
 OUTPUT_LOSSES = ("kl", "mse", "cosine")
+log = logging.getLogger("slimgraph")
 
 
 @dataclass
@@ -137,9 +139,12 @@ def distill(
     student_run, teacher_run, hidden_names = model, teacher, []
     if hidden_weight and _is_slimgraph(model):
         teacher_graph = teacher if _is_slimgraph(teacher) else _capture_like(teacher, model)
-        hidden_names = hidden_state_nodes(model, teacher_graph)
+        hidden_names = hidden_state_nodes(model, teacher_graph) if teacher_graph is not None else []
         if hidden_names:
             student_run, teacher_run = _Tapped(model, hidden_names), _Tapped(teacher_graph, hidden_names)
+        else:
+            log.info("distill: no LayerNorm states shared by student and teacher graphs; hidden_weight applies to "
+                     "further same-shaped outputs")
     model.train()
     teacher_was_training = teacher.training
     teacher.eval()
@@ -202,11 +207,19 @@ def _is_slimgraph(module) -> bool:
     return isinstance(module, fx.GraphModule) and GRAPH_KEY in module.meta
 
 
-def _capture_like(teacher: nn.Module, student: fx.GraphModule) -> fx.GraphModule:
+def _capture_like(teacher: nn.Module, student: fx.GraphModule) -> fx.GraphModule | None:
+    """The teacher as a graph, to tap its hidden states; None (and the output-only loss) if it cannot be
+    captured, e.g. a Python wrapper torch.export cannot trace."""
+    from .errors import SlimgraphError
     from .ir.capture import capture
 
     info = graph_info(student)
-    return capture(teacher, info.example_args, info.example_kwargs, share_weights=True)
+    try:
+        return capture(teacher, info.example_args, info.example_kwargs, share_weights=True)
+    except SlimgraphError as exc:
+        log.warning("distill: cannot capture the teacher to match hidden states (%s); matching outputs only",
+                    str(exc).splitlines()[0])
+        return None
 
 
 def hidden_state_nodes(student: fx.GraphModule, teacher: fx.GraphModule) -> list[str]:

@@ -61,7 +61,12 @@ def text_batches(split: str = "train", batch_size: int = 16, limit: int | None =
     from ..data import english_sentences
 
     tokenizer = tokenizer or load_tokenizer()
-    sentences = english_sentences(split)[:limit]
+    sentences = english_sentences(split)
+    if split == "train":  # mix the sources in every batch (seeded: runs stay deterministic)
+        import random
+
+        random.Random(0).shuffle(sentences)
+    sentences = sentences[:limit]
     return [tokenize(tokenizer, sentences[i:i + batch_size]) for i in range(0, len(sentences), batch_size)]
 
 

@@ -27,7 +27,7 @@ from torch.export import Dim
 
 from ..errors import CaptureError, InputError
 from .canonicalize import canonicalize
-from .graph_utils import add_constant
+from .graph_utils import add_constant, remove_unused_attributes
 from .info import GRAPH_KEY, GraphInfo
 from .propagate import refresh
 
@@ -81,6 +81,11 @@ def capture(
         dynamic_batch=dynamic,
     )
     canonicalize(gm)
+    # dead code out now (e.g. a pooler whose output forward() drops): no pass should see or prune it, and its
+    # weights should not count in reports or saved files
+    gm.graph.eliminate_dead_code()
+    remove_unused_attributes(gm)
+    gm.recompile()
     if not share_weights:
         _own_weights(gm)
     refresh(gm)

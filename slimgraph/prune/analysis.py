@@ -53,7 +53,7 @@ class Member:
 
     target: str  # attribute path
     labels: np.ndarray  # rank of the tensor; tensor's size along labelled dims, 1 elsewhere
-    role: str  # "out" (producer rows), "in" (consumer columns), "norm", "const"
+    role: str  # "out" (producer rows), "in" (consumer columns), "norm" (scales), "bias", "const"
     node: str
     module: str
     is_param: bool  # a trainable parameter (counts for importance); buffers such as BN statistics don't
@@ -398,7 +398,7 @@ def _linear(a: Analysis, node: fx.Node):
     ids = out.array.reshape(-1)
     a.member(w, _vec(ids, 2, 0), "out", node)
     if isinstance(b, fx.Node) and b.op == "get_attr":
-        a.member(b, ids, "out", node)
+        a.member(b, ids, "bias", node)
     return out
 
 
@@ -446,7 +446,7 @@ def _conv(a: Analysis, node: fx.Node):
             out = source_labels(ids, len(out_shape), 1)
         a.member(w, _vec(ids, wd, 0), "out", node)
         if isinstance(b, fx.Node) and b.op == "get_attr":
-            a.member(b, ids, "out", node)
+            a.member(b, ids, "bias", node)
         return out
     if chan is not None:
         local = _tie_groups(a, chan, groups) if groups > 1 else chan
@@ -458,7 +458,7 @@ def _conv(a: Analysis, node: fx.Node):
     ids = np.tile(local_out, groups)  # output channel o holds element (o mod cout/groups): groups stay equal
     a.member(w, _vec(ids, wd, 0), "out", node)
     if isinstance(b, fx.Node) and b.op == "get_attr":
-        a.member(b, ids, "out", node)
+        a.member(b, ids, "bias", node)
     return source_labels(ids, len(out_shape), 1)
 
 
@@ -484,7 +484,7 @@ def _conv_transpose(a: Analysis, node: fx.Node):
     a.member(w, _vec(local_out, wd, 1), "out", node)
     ids = np.tile(local_out, groups)
     if isinstance(b, fx.Node) and b.op == "get_attr":
-        a.member(b, ids, "out", node)
+        a.member(b, ids, "bias", node)
     return source_labels(ids, len(out_shape), 1)
 
 
@@ -512,9 +512,9 @@ def _batch_norm(a: Analysis, node: fx.Node):
         a.block(lab, _reason(node, "batch norm input labelled on non-channel dims"))
         return lab
     if chan is not None:
-        for arg in node.args[1:5]:
+        for i, arg in enumerate(node.args[1:5], start=1):  # weight, bias, running mean, running var
             if isinstance(arg, fx.Node) and arg.op == "get_attr":
-                a.member(arg, chan, "norm", node)
+                a.member(arg, chan, "bias" if i == 2 else "norm", node)
     if node.target is aten._native_batch_norm_legit_no_training.default:
         return (lab, None, None)
     return lab
@@ -542,9 +542,9 @@ def _layer_norm(a: Analysis, node: fx.Node):
         norm_labels = np.broadcast_to(arr, arr.shape[: nd - k] + tuple(
             a.shape(x)[d] if lab.tracked[d] else 1 for d in norm_dims)).reshape(
             tuple(a.shape(x)[d] if lab.tracked[d] else 1 for d in norm_dims))
-        for arg in node.args[2:4]:
+        for i, arg in enumerate(node.args[2:4]):  # weight, bias
             if isinstance(arg, fx.Node) and arg.op == "get_attr":
-                a.member(arg, norm_labels, "norm", node)
+                a.member(arg, norm_labels, "bias" if i == 1 else "norm", node)
     return lab
 
 
@@ -560,9 +560,9 @@ def _group_norm(a: Analysis, node: fx.Node):
         return lab
     _tie_groups(a, chan, groups)
     a.uf.mark_approximate(chan, _reason(node, "group norm statistics change when channels go"))
-    for arg in node.args[2:4]:
+    for i, arg in enumerate(node.args[2:4]):  # weight, bias
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
-            a.member(arg, chan, "norm", node)
+            a.member(arg, chan, "bias" if i == 1 else "norm", node)
     return lab
 
 

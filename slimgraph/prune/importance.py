@@ -1,7 +1,9 @@
 """Importance of pruning units, aggregated over every parameter slice of a group.
 
 * ``l1`` / ``l2``: magnitude of all the weights a unit owns (producer rows, consumer columns, norm
-  scales), each member normalized by its mean so a wide layer does not drown a narrow one;
+  scales), each member normalized by its mean so a wide layer does not drown a narrow one. Biases and
+  norm shifts are left out: they carry no signal about a unit's use, and once normalized their near-zero
+  values would drown the weights' ranking (a BN-heavy CNN fell to chance accuracy that way);
 * ``bn-scale``: |gamma| of the BatchNorms in the group (network slimming); groups without BatchNorm
   fall back to ``l2`` and say so;
 * ``taylor``: first-order Taylor |w * dL/dw| summed over calibration batches, with L the sum of the
@@ -90,7 +92,8 @@ def unit_scores(
         return {u: float(rng.random()) for u in sorted(units)}, notes
     # only members that carry a unit being ranked: a blocked group's 23M-element embedding costs time for nothing
     ranked = np.fromiter(units, dtype=np.int64)
-    members = [m for m in a.members if m.is_param and np.isin(a.uf.find_all(m.labels), ranked).any()]
+    members = [m for m in a.members if m.is_param and m.role != "bias"
+               and np.isin(a.uf.find_all(m.labels), ranked).any()]
     tensors = {m.target: _getattr_path(a.gm, m.target) for m in members}
     if criterion == "bn-scale":
         with_bn = set()
