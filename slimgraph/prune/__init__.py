@@ -209,15 +209,17 @@ def _group_name(a: Analysis, g: Group) -> str:
 
 def _group_reports(a: Analysis, plans: list[GroupPlan], ignored: set[int]) -> list[GroupReport]:
     by_group = {p.group.index: p for p in plans}
-    members_by_root: dict[int, set[str]] = {}
+    group_of_root = {u: g.index for g in a.groups for u in g.units}
+    modules_of_group: dict[int, set[str]] = {}
     for m in a.members:
         module = m.target.rpartition(".")[0] or m.target
         for root in np.unique(a.uf.find_all(m.labels)):
-            if root >= 0:
-                members_by_root.setdefault(int(root), set()).add(module)
+            index = group_of_root.get(int(root))
+            if index is not None:
+                modules_of_group.setdefault(index, set()).add(module)
     reports = []
     for g in a.groups:
-        members = sorted(set().union(*(members_by_root.get(u, set()) for u in g.units)))
+        members = sorted(modules_of_group.get(g.index, ()))
         plan = by_group.get(g.index)
         n = len(g.units)
         lead = a.sources[g.sources[0]].size
