@@ -29,7 +29,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from bench.run_meta import describe_commit
 
 VARIANTS = ("eager", "inductor", "sg-fuse", "sg-int8", "sg-pruned-int8", "torchao-int8")
 TARGETS = [
@@ -239,14 +240,6 @@ def run_case(case: Case, variants, device, iters: int) -> list[Row]:
     return rows
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes and models (smoke run)")
@@ -268,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {platform.machine()} "
         f"({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "dtype": str(dtype), "torch": torch.__version__, "commit": _commit(), "quick": args.quick,
+        "dtype": str(dtype), "torch": torch.__version__, "commit": describe_commit(), "quick": args.quick,
         "load_average": os.getloadavg(), "command": "python -m bench.e2e " + " ".join(argv or []),
     }
     try:

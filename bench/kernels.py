@@ -31,7 +31,6 @@ import json
 import math
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from bench.run_meta import git_state
 from bench.shapes import BSR_BLOCK, SHAPES, SPARSITIES, Shape, tiny
 
 OPS = (
@@ -66,13 +66,8 @@ TARGETS = (
 
 
 def _git_commit() -> dict:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
-        return {"commit": commit.stdout.strip() or None, "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+    commit, dirty = git_state()
+    return {"commit": commit, "dirty": dirty}
 
 
 def environment(gpu: bool) -> dict:

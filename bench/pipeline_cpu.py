@@ -15,11 +15,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from bench.run_meta import describe_commit
 
 TARGET_S = 2.0
 
@@ -57,14 +58,6 @@ def _time_once(model, args, kwargs) -> dict[str, float]:
             "total_s": capture_s + passes_s, "nodes_after": len(result.gm.graph.nodes)}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -84,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "python": platform.python_version(), "commit": _commit(),
+            "torch": torch.__version__, "python": platform.python_version(), "commit": describe_commit(),
             "repeats": args.repeats}
     (out / "pipeline-cpu.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     lines = [

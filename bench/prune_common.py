@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -21,17 +20,9 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from bench.run_meta import describe_commit
+
 # ----------------------------------------------------------------------------------------- run metadata
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "slimgraph"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return out.stdout.strip() + (" (+ uncommitted changes under slimgraph/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _version(module: str) -> str:
@@ -50,7 +41,7 @@ def run_meta(module: str, argv: list[str] | None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     return {
         "command": " ".join(["python -m", module, *argv]),
-        "commit": _commit(),
+        "commit": describe_commit(),
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "torch_pruning": _version("torch_pruning"),

@@ -49,6 +49,7 @@ __all__ = [
     "m_bucket",
     "next_power_of_2",
     "num_sms",
+    "tile_config",
     "use_triton",
 ]
 
@@ -71,6 +72,12 @@ def _env_flag(name: str, default: bool) -> bool:
 def interpreter_requested() -> bool:
     """``TRITON_INTERPRET`` is set now (parsed like Triton parses it)."""
     return _env_flag(INTERPRET_ENV, False)
+
+
+def tile_config(bm: int, bn: int, bk: int, warps: int, stages: int, group: int = 8) -> triton.Config:
+    """A GEMM tile config (BLOCK_M/N/K, GROUP_M swizzle) as the int8, w8a16 and conv kernels take it."""
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps,
+                         num_stages=stages)
 
 
 def use_triton(*tensors: torch.Tensor | None) -> bool:

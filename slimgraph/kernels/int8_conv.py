@@ -44,6 +44,7 @@ from ._triton_utils import (
     grouped_tile,
     launch,
     m_bucket,
+    tile_config,
     use_triton,
 )
 from .epilogue import apply_activation
@@ -54,10 +55,7 @@ __all__ = ["CONFIGS", "INTERPRETER_CONFIG", "int8_conv2d", "int8_conv2d_referenc
 OP = "int8_conv2d"
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8):
-    return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages
-    )
+_cfg = tile_config
 
 
 # Keyed by M = output pixels. UNTUNED GUESSES: BLOCK_K = 64 channels matches most ResNet stages (C per tap of

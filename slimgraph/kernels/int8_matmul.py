@@ -37,6 +37,7 @@ from ._triton_utils import (
     grouped_tile,
     launch,
     m_bucket,
+    tile_config,
     use_triton,
 )
 from .epilogue import apply_activation
@@ -47,10 +48,7 @@ OP = "int8_matmul"
 MAX_K = 131071  # 128 * 128 * K must stay below 2**31 in the int32 accumulator
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8):
-    return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages
-    )
+_cfg = tile_config
 
 
 # Curated per M bucket; the first entry of each list is the default when autotuning is off.

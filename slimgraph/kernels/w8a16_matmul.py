@@ -34,6 +34,7 @@ from ._triton_utils import (
     launch,
     m_bucket,
     num_sms,
+    tile_config,
     use_triton,
 )
 
@@ -43,10 +44,7 @@ OP = "w8a16_matmul"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8):
-    return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages
-    )
+_cfg = tile_config
 
 
 # UNTUNED GUESSES (never measured on our H100); first entry = default when autotuning is off.

@@ -117,11 +117,14 @@ class Analysis:
             return tuple(int(s) if isinstance(s, int) else int(s.node.hint or 1) for s in val.shape)
         return None
 
-    def fresh(self, node: fx.Node, size: int, ndim: int, dim: int) -> Labels:
+    def fresh_ids(self, node: fx.Node, size: int) -> np.ndarray:
+        """``size`` new elements created by ``node`` (a new source of prunable units)."""
         info = node_info(node)
         self.sources.append(Source(node.name, info.module if info else "", op_name(node.target), size))
-        ids = self.uf.new(size, len(self.sources) - 1)
-        return source_labels(ids, ndim, dim)
+        return self.uf.new(size, len(self.sources) - 1)
+
+    def fresh(self, node: fx.Node, size: int, ndim: int, dim: int) -> Labels:
+        return source_labels(self.fresh_ids(node, size), ndim, dim)
 
     def member(self, attr: fx.Node, labels: np.ndarray, role: str, node: fx.Node) -> None:
         t = get_attr_tensor(self.gm, attr)
@@ -382,14 +385,24 @@ def _vec(values: np.ndarray, ndim: int, dim: int) -> np.ndarray:
     return np.asarray(values).reshape(shape)
 
 
-@rule(aten.linear.default, torch.ops.slimgraph.linear_act.default)
-def _linear(a: Analysis, node: fx.Node):
+def _weighted_op(a: Analysis, node: fx.Node, what: str):
+    """(x, weight, bias, weight shape, output shape) of a linear/conv reading a constant weight; None (with its
+    inputs blocked) otherwise: a weight computed at run time cannot be sliced."""
     x, w = node.args[0], node.args[1]
     b = node.args[2] if len(node.args) > 2 else None
     w_shape, out_shape = a.shape(w), a.shape(node)
     if w_shape is None or out_shape is None or not (isinstance(w, fx.Node) and w.op == "get_attr"):
-        a.block_inputs(node, _reason(node, "linear with a non-constant weight"))
+        a.block_inputs(node, _reason(node, f"{what} with a non-constant weight"))
         return None
+    return x, w, b if isinstance(b, fx.Node) and b.op == "get_attr" else None, w_shape, out_shape
+
+
+@rule(aten.linear.default, torch.ops.slimgraph.linear_act.default)
+def _linear(a: Analysis, node: fx.Node):
+    parts = _weighted_op(a, node, "linear")
+    if parts is None:
+        return None
+    x, w, b, w_shape, out_shape = parts
     in_ndim = len(a.shape(x))
     chan = _consume(a, node, x, in_ndim - 1, "linear")
     if chan is not None:
@@ -397,7 +410,7 @@ def _linear(a: Analysis, node: fx.Node):
     out = a.fresh(node, w_shape[0], len(out_shape), len(out_shape) - 1)
     ids = out.array.reshape(-1)
     a.member(w, _vec(ids, 2, 0), "out", node)
-    if isinstance(b, fx.Node) and b.op == "get_attr":
+    if b is not None:
         a.member(b, ids, "bias", node)
     return out
 
@@ -425,12 +438,10 @@ def _tie_groups(a: Analysis, chan: np.ndarray, groups: int) -> np.ndarray:
 
 @rule(*CONVS)
 def _conv(a: Analysis, node: fx.Node):
-    x, w = node.args[0], node.args[1]
-    b = node.args[2] if len(node.args) > 2 else None
-    w_shape, out_shape = a.shape(w), a.shape(node)
-    if w_shape is None or out_shape is None or not (isinstance(w, fx.Node) and w.op == "get_attr"):
-        a.block_inputs(node, _reason(node, "conv with a non-constant weight"))
+    parts = _weighted_op(a, node, "conv")
+    if parts is None:
         return None
+    x, w, b, w_shape, out_shape = parts
     groups = _conv_groups(node)
     cout, cin_g = w_shape[0], w_shape[1]
     cin = cin_g * groups
@@ -445,31 +456,26 @@ def _conv(a: Analysis, node: fx.Node):
             ids = chan
             out = source_labels(ids, len(out_shape), 1)
         a.member(w, _vec(ids, wd, 0), "out", node)
-        if isinstance(b, fx.Node) and b.op == "get_attr":
+        if b is not None:
             a.member(b, ids, "bias", node)
         return out
     if chan is not None:
         local = _tie_groups(a, chan, groups) if groups > 1 else chan
         a.member(w, _vec(local, wd, 1), "in", node)
-    cout_g = cout // groups
-    info = node_info(node)
-    a.sources.append(Source(node.name, info.module if info else "", op_name(node.target), cout_g))
-    local_out = a.uf.new(cout_g, len(a.sources) - 1)
+    local_out = a.fresh_ids(node, cout // groups)
     ids = np.tile(local_out, groups)  # output channel o holds element (o mod cout/groups): groups stay equal
     a.member(w, _vec(ids, wd, 0), "out", node)
-    if isinstance(b, fx.Node) and b.op == "get_attr":
+    if b is not None:
         a.member(b, ids, "bias", node)
     return source_labels(ids, len(out_shape), 1)
 
 
 @rule(*CONV_TRANSPOSES)
 def _conv_transpose(a: Analysis, node: fx.Node):
-    x, w = node.args[0], node.args[1]
-    b = node.args[2] if len(node.args) > 2 else None
-    w_shape, out_shape = a.shape(w), a.shape(node)
-    if w_shape is None or out_shape is None or not (isinstance(w, fx.Node) and w.op == "get_attr"):
-        a.block_inputs(node, _reason(node, "transposed conv with a non-constant weight"))
+    parts = _weighted_op(a, node, "transposed conv")
+    if parts is None:
         return None
+    x, w, b, w_shape, out_shape = parts
     groups = _conv_groups(node)
     cout_g = w_shape[1]
     wd = len(w_shape)
@@ -478,12 +484,10 @@ def _conv_transpose(a: Analysis, node: fx.Node):
         if groups > 1:
             _tie_groups(a, chan, groups)
         a.member(w, _vec(chan, wd, 0), "in", node)
-    info = node_info(node)
-    a.sources.append(Source(node.name, info.module if info else "", op_name(node.target), cout_g))
-    local_out = a.uf.new(cout_g, len(a.sources) - 1)
+    local_out = a.fresh_ids(node, cout_g)
     a.member(w, _vec(local_out, wd, 1), "out", node)
     ids = np.tile(local_out, groups)
-    if isinstance(b, fx.Node) and b.op == "get_attr":
+    if b is not None:
         a.member(b, ids, "bias", node)
     return source_labels(ids, len(out_shape), 1)
 
