@@ -100,9 +100,11 @@ def training_text(augment: bool, seed: int = 0) -> list[str]:
     from slimgraph.data import english_sentences
 
     sentences = english_sentences("train")
-    if not augment:
-        return list(sentences)
     rng = random.Random(seed)
+    if not augment:
+        text = list(sentences)
+        rng.shuffle(text)
+        return text
     text = list(sentences)
     for _ in range(PAIRS_PER_SENTENCE * len(sentences)):
         a, b = rng.sample(sentences, 2)
@@ -222,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     n_heldout = sum(len(b[0]) for b in heldout)
 
     def batches_for(augment: bool):
-        text = training_text(augment)
+        # only as many distinct texts as the run will see: the training text is shuffled, and caching the
+        # teacher's outputs for tens of thousands of unused texts would cost minutes and gigabytes
+        text = training_text(augment)[: args.steps * args.batch_size]
         return text, [tokenize(tokenizer, text[i:i + args.batch_size]) for i in range(0, len(text), args.batch_size)]
 
     if args.sweep:

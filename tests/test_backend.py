@@ -148,7 +148,7 @@ def test_entry_point_registers_the_backend_without_importing_slimgraph():
     assert result.stdout.strip() == "ok True"
 
 
-@pytest.mark.parametrize("name", ["mlp", "residual_cnn", "bert", "llama_gqa", "vit", "mobilenet_v2"])
+@pytest.mark.parametrize("name", list(ZOO))
 @pytest.mark.parametrize("quant", ["w8a8-dynamic", "w8a16"])
 def test_int8_compile_matches_eager_to_int8_tolerance(name, quant):
     from slimgraph.numerics import compare_outputs
@@ -196,3 +196,12 @@ def test_autotune_keeps_the_faster_version_per_layer_and_caches(tmp_path, monkey
     with torch.no_grad():
         compiled(*args)
     assert len(calls) == first and all(t.cached for t in _last().autotune)  # second compile: from the cache
+
+
+def test_quantized_models_from_the_api_compile_the_same_way():
+    model, args, kwargs = make("bert")
+    quantized = sg.quantize(model, args, scheme="w8a8-dynamic", example_kwargs=kwargs)
+    compiled = _compile(quantized)
+    with torch.no_grad():
+        assert_close_outputs(compiled(*args, **kwargs), run(quantized, args, kwargs), rel=1e-5)
+    assert _last().fallback is None

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import slimgraph as sg
 from slimgraph.cli import build_parser, main
@@ -110,3 +111,21 @@ def test_prune_quantize_export_subcommands(tmp_path, capsys):
 def test_bench_subcommand_reports_a_missing_suite(capsys):
     assert main(["bench", "no_such_suite"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_compress_is_deterministic_given_a_seed(tmp_path, cache_dir):
+    from slimgraph.compress import CompressConfig, compress
+
+    config = CompressConfig(prune=0.5, distill_steps=20, quant="w8a8", onnx=False, latency_iters=3)
+    first = compress("digits-cnn", config, tmp_path / "a")
+    second = compress("digits-cnn", config, tmp_path / "b")
+    assert [s.metrics for s in first.stages] == [s.metrics for s in second.stages]
+    assert [(s.params, s.bytes, s.macs) for s in first.stages] == [(s.params, s.bytes, s.macs) for s in second.stages]
+    # same archive content (safetensors writes its header keys in hash order, so bytes may differ)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a" / "model.slimgraph"), "pt") as fa, \
+            safe_open(str(tmp_path / "b" / "model.slimgraph"), "pt") as fb:
+        assert fa.metadata() == fb.metadata()
+        assert sorted(fa.keys()) == sorted(fb.keys())
+        assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
