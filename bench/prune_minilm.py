@@ -202,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--importance", default="l2",
                         help="slimgraph importance criterion; data-driven ones (act, taylor) calibrate on 4 batches "
                              "of train text; results go to prune-minilm-<importance>.* unless l2")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="slimgraph refits the layers that lose input columns by least squares on calibration "
+                             "text (sg.prune(reconstruct=True)); results go to prune-minilm-<importance>-reconstruct.*")
+    parser.add_argument("--calib-sentences", type=int, default=None,
+                        help="train sentences for act/taylor/reconstruct calibration (default 128, 640 with "
+                             "--reconstruct: a 1536-wide layer needs well over 1536 calibration tokens)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.latency_rounds = 10, 1
@@ -218,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     heldout = text_batches("heldout", 32, tokenizer=tokenizer)
     example = text_batches("train", 32, limit=32, tokenizer=tokenizer)[0]
     PRUNE_OPTIONS["importance"] = args.importance
-    if args.importance not in ("l1", "l2", "bn-scale", "random"):
-        PRUNE_OPTIONS["calib"] = text_batches("train", 32, limit=128, tokenizer=tokenizer)
+    n_calib = args.calib_sentences or (640 if args.reconstruct else 128)
+    if args.importance not in ("l1", "l2", "bn-scale", "random") or args.reconstruct:
+        PRUNE_OPTIONS["calib"] = text_batches("train", 32, limit=n_calib, tokenizer=tokenizer)
+    if args.reconstruct:
+        PRUNE_OPTIONS["reconstruct"] = True
     evaluate = fidelity_evaluator(teacher, heldout)
     n_heldout = sum(len(b[0]) for b in heldout)
 
@@ -292,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     met = sg_after["cosine_mean"] >= TARGET_COSINE
     meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, threads=args.threads,
                 teacher_cache_s=cache_s)
-    settings = {"importance": args.importance, "steps": args.steps, "lr": args.lr,
+    settings = {"importance": args.importance, "reconstruct": args.reconstruct,
+                "calib_sentences": n_calib if "calib" in PRUNE_OPTIONS else 0, "steps": args.steps, "lr": args.lr,
                 "hidden_weight": args.hidden_weight, "output_loss": "cosine",
                 "augment": not args.no_augment, "pairs_per_sentence": PAIRS_PER_SENTENCE,
                 "spans_per_sentence": SPANS_PER_SENTENCE, "batch_size": args.batch_size, "training_texts": len(text),
@@ -322,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{tp_row['prune_s']:.1f} s"])
     else:
         table.append(["Torch-Pruning", "-", "-", "-", "-", "-", "-", "-", f"FAILED: {tp_row.get('error')}"])
-    md = [f"# Pruning all-MiniLM-L6-v2 (FFN 50%, heads 25%; slimgraph importance {args.importance}) + distillation "
+    how = args.importance + (" + least-squares reconstruction" if args.reconstruct else "")
+    md = [f"# Pruning all-MiniLM-L6-v2 (FFN 50%, heads 25%; slimgraph importance {how}) + distillation "
           f"({'QUICK smoke run' if args.quick else 'full run'})", "", *meta_lines(meta),
           f"- distillation (both tools): {settings}; {args.steps} steps x {args.batch_size} texts; teacher outputs "
           f"cached once ({cache_s:.0f} s); slimgraph distillation {sg_distill_s:.0f} s"
@@ -339,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
           "## Targets", "",
           target_line("held-out cosine after distillation (slimgraph)", f"{sg_after['cosine_mean']:.4f} (mean), "
                       f"{sg_after['cosine_min']:.4f} (min)", f">= {TARGET_COSINE}", met), ""]
-    stem = "prune-minilm" + ("" if args.importance == "l2" else f"-{args.importance}")
+    stem = ("prune-minilm" + ("" if args.importance == "l2" else f"-{args.importance}")
+            + ("-reconstruct" if args.reconstruct else ""))
     files = write_results(args.out, stem, payload, md)
     files.append(_plot(args.out, stem, sg_hist, tp_hist if tp_final is not None else None))
     print("\n".join(md))

@@ -119,6 +119,7 @@ def _config(args, **overrides):
 
     return CompressConfig(
         prune=none_or(args.prune, float), heads=none_or(args.heads, float), importance=args.importance,
+        reconstruct=not args.no_reconstruct,
         round_to=args.round_to, distill_steps=args.distill, quant=none_or(args.quant, str),
         onnx=not args.no_onnx, seed=args.seed, **overrides)
 
@@ -143,7 +144,7 @@ def cmd_prune(args) -> int:
     ratios = {"heads": args.heads} if args.heads is not None else None
     gm = prune(demo.model, demo.args, ratio=args.ratio, importance=args.importance, scope=args.scope,
                round_to=args.round_to, ignore=tuple(args.ignore), example_kwargs=demo.kwargs, ratios=ratios,
-               calib=demo.calib_batches or None)
+               calib=demo.calib_batches or None, reconstruct=args.reconstruct)
     print(prune_report(gm).table(limit=None if args.all_rows else 40))
     if args.out:
         print(f"saved to {save(gm, args.out)}")
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--importance", default="act", help="l1 | l2 | act | bn-scale | taylor | random (default act: "
                        "activation-aware, from the model's calibration data)")
         p.add_argument("--round-to", type=int, default=8, help="round kept widths up to a multiple (default 8)")
+        p.add_argument("--no-reconstruct", action="store_true", help="keep the surviving weights as they are "
+                       "instead of refitting the layers that lose inputs by least squares on calibration data")
         p.add_argument("--distill", type=int, default=None, metavar="STEPS",
                        help="distillation steps after pruning (default: the model's own setting; 0 = none)")
         p.add_argument("--quant", default="w8a8-dynamic", help="w8a8 | w8a8-dynamic | w8a16 | none")
@@ -258,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default="local", help="local | global")
     p.add_argument("--round-to", type=int, default=8, help="round kept widths up to a multiple (default 8)")
     p.add_argument("--ignore", action="append", default=[], help="module (pattern) never to prune; repeatable")
+    p.add_argument("--reconstruct", action="store_true", help="refit the layers that lose inputs (FFN down and "
+                   "attention output projections) by least squares on the model's calibration data")
     p.add_argument("--all-rows", action="store_true", help="do not truncate the report")
     p.add_argument("--out", help="write the pruned model to this archive file")
     p.set_defaults(func=cmd_prune)

@@ -6,7 +6,8 @@
 Stages, each measured (parameters, bytes, MACs, CPU latency, the model's task metric, time taken):
 
 1. ``original``: the model as given (captured once for its MACs);
-2. ``pruned``: structured pruning (channels / FFN neurons at ``prune``, attention heads at ``heads``);
+2. ``pruned``: structured pruning (channels / FFN neurons at ``prune``, attention heads at ``heads``), the
+   layers that lose inputs refit by least squares on calibration data (``reconstruct``);
 3. ``distilled``: knowledge distillation from the original on the demo's training data;
 4. ``quantized``: fold BN, fuse epilogues, int8 rewrite (``quant`` scheme, calibrated on training data);
 5. ``final``: verified (IR invariants, output shapes, outputs vs the original), saved without pickle, and
@@ -37,6 +38,7 @@ class CompressConfig:
     prune: float | None = 0.5  # fraction of channels / FFN neurons removed per group; None = no pruning
     heads: float | None = 0.25  # fraction of attention heads removed; None = same as ``prune``
     importance: str = "act"  # activation-aware: uses the model's calibration data
+    reconstruct: bool = True  # least-squares refit of the layers that lose inputs, on the calibration data
     round_to: int = 8
     distill_steps: int | None = None  # None: the demo's default; 0 = no distillation
     quant: str | None = "w8a8-dynamic"  # None = stay in float
@@ -123,9 +125,11 @@ def compress(model: str, config: CompressConfig | None = None, out_dir: str | Pa
         ratios = {"heads": config.heads} if config.heads is not None else None
         current = prune(current, demo.args, ratio=config.prune, importance=config.importance,
                         round_to=config.round_to, example_kwargs=demo.kwargs, ratios=ratios, seed=config.seed,
-                        calib=demo.calib_batches or None)
+                        calib=demo.calib_batches or None, reconstruct=config.reconstruct)
         report = prune_report(current)
         note = f"{len(report.pruned)} of {len(report.groups)} groups pruned"
+        if report.reconstructed:
+            note += f", {len(report.reconstructed)} layers refit by least squares"
         stages.append(_measure("pruned", current, demo, current, time.perf_counter() - start, config.latency_iters,
                                note))
 

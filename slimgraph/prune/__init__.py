@@ -28,6 +28,7 @@ from ..report import format_table, human, totals
 from .analysis import Analysis, Group, analyze
 from .importance import CRITERIA, unit_scores
 from .plan import GroupPlan, plan_removals
+from .reconstruct import Reconstruction, collect_grams, find_consumers, refit
 from .rewrite import apply, inconsistent_roots
 
 SCOPES = ("local", "global")
@@ -57,6 +58,7 @@ class PruneReport:
     macs_before: int = 0
     macs_after: int = 0
     notes: list[str] = field(default_factory=list)
+    reconstructed: list[Reconstruction] = field(default_factory=list)  # GEMMs refit by least squares
 
     @property
     def pruned(self) -> list[GroupReport]:
@@ -70,9 +72,15 @@ class PruneReport:
                          (g.reason[:70] + "...") if len(g.reason) > 73 else g.reason])
         body = format_table(["group", "kind", "units", "width", "status", "kept imp", "removed imp", "why"], rows)
         more = f"\n... {len(self.groups) - limit} more groups" if limit and len(self.groups) > limit else ""
+        refit = ""
+        if self.reconstructed:
+            r = self.reconstructed
+            refit = (f"\nreconstructed {len(r)} linear layer(s) by least squares: calibration output error "
+                     f"{100 * np.mean([x.error_sliced for x in r]):.2f}% (sliced) -> "
+                     f"{100 * np.mean([x.error_reconstructed for x in r]):.2f}% (mean over layers)")
         return (f"{body}{more}\n(* = removal changes normalization statistics: not exact even for dead units)\n"
                 f"params {human(self.params_before)} -> {human(self.params_after)}, "
-                f"MACs {human(self.macs_before)} -> {human(self.macs_after)}")
+                f"MACs {human(self.macs_before)} -> {human(self.macs_after)}{refit}")
 
 
 def _fmt(v: float) -> str:
@@ -93,7 +101,8 @@ class Prune(Pass):
     ratios: dict[str, float] | None = None
     floor: float = 0.1  # global scope: every group keeps at least this fraction of its units
     seed: int = 0
-    calib: Any = field(default=None, repr=False, compare=False)  # batches for taylor importance
+    reconstruct: bool = False  # refit the linear layers that lose input columns, by least squares on calib
+    calib: Any = field(default=None, repr=False, compare=False)  # batches for act/taylor importance, reconstruct
     loss_fn: Callable | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -115,7 +124,16 @@ class Prune(Pass):
                                   round_to=self.round_to, ratios=self.ratios, floor=self.floor)
             plans = _make_consistent(a, plans, report)
         removed = np.array(sorted(u for p in plans for u in p.remove), dtype=np.int64)
+        consumers = find_consumers(a, removed) if self.reconstruct and len(removed) else []
+        if consumers:  # the Gram matrices need the unpruned graph: collect before the rewrite
+            collect_grams(a, consumers, self.calib)
         changed = apply(a, removed) if len(removed) else {}
+        if consumers:
+            report.reconstructed, refit_notes = refit(gm, consumers)
+            report.notes.extend(refit_notes)
+        elif self.reconstruct and len(removed):
+            report.notes.append("reconstruct: no pruned unit feeds a linear layer with a weight of its own; nothing "
+                                "to refit")
         after = totals(gm) if changed else before
         report.params_after, report.macs_after = after.params, after.macs
         report.groups = _group_reports(a, plans, ignored)
@@ -260,6 +278,7 @@ def prune(
     floor: float = 0.1,
     seed: int = 0,
     loss_fn: Callable | None = None,
+    reconstruct: bool = False,
     check: bool = True,
 ) -> fx.GraphModule:
     """Structured pruning; returns a new, physically smaller module (the caller's model is untouched).
@@ -270,8 +289,12 @@ def prune(
         scope: "local" (every group loses ``ratio``) or "global" (one normalized ranking, with ``floor``).
         round_to: kept widths are rounded up to a multiple of this (1 = exactly ``ratio``).
         ignore: module names (fnmatch patterns allowed) or module objects never to prune.
-        calib: batches (tuples of inputs) for ``act`` and ``taylor`` importance; default the example inputs.
+        calib: batches (tuples of inputs) for ``act`` and ``taylor`` importance and for ``reconstruct``;
+            default the example inputs.
         ratios: per-group overrides keyed by "heads", "channels" or a module pattern.
+        reconstruct: refit every linear layer that loses input columns (FFN down-projections, attention
+            output projections) by least squares on ``calib``, so kept channels take over what removed ones
+            carried. Needs at least as many calibration rows (tokens) as the layer has kept inputs.
     """
     from ..api import _copy_graph_module
     from ..ir.capture import capture
@@ -289,8 +312,8 @@ def prune(
     else:
         gm = capture(model, example_inputs, example_kwargs)
     p = Prune(ratio=ratio, importance=importance, scope=scope, round_to=round_to, ignore=tuple(names),
-              ratios=ratios, floor=floor, seed=seed, calib=list(calib) if calib is not None else None,
-              loss_fn=loss_fn)
+              ratios=ratios, floor=floor, seed=seed, reconstruct=reconstruct,
+              calib=list(calib) if calib is not None else None, loss_fn=loss_fn)
     return PassManager([p], check_numerics=check).run(gm).gm
 
 
