@@ -227,13 +227,14 @@ def _group_name(a: Analysis, g: Group) -> str:
 
 def _group_reports(a: Analysis, plans: list[GroupPlan], ignored: set[int]) -> list[GroupReport]:
     by_group = {p.group.index: p for p in plans}
-    group_of_root = {u: g.index for g in a.groups for u in g.units}
+    group_of_root = np.full(len(a.uf.parent) + 1, -1, dtype=np.int64)  # last slot: FIXED (-1) labels
+    for g in a.groups:
+        group_of_root[np.asarray(g.units, dtype=np.int64)] = g.index
     modules_of_group: dict[int, set[str]] = {}
     for m in a.members:
         module = m.target.rpartition(".")[0] or m.target
-        for root in np.unique(a.uf.find_all(m.labels)):
-            index = group_of_root.get(int(root))
-            if index is not None:
+        for index in np.unique(group_of_root[a.uf.find_all(m.labels).ravel()]).tolist():
+            if index >= 0:
                 modules_of_group.setdefault(index, set()).add(module)
     reports = []
     for g in a.groups:
