@@ -7,7 +7,8 @@ Variants (same inputs, same device, timed the same way):
   inductor         torch.compile(model) with Inductor
   sg-fuse          torch.compile(model, backend="slimgraph")                       lossless passes only
   sg-int8          ... options={"quant": "w8a8-dynamic"} (decode: "w8a16", the memory-bound choice)
-  sg-pruned-int8   sg.prune (50% FFN/channels, 25% heads) [+ distill for MiniLM] then the sg-int8 path
+  sg-pruned-int8   sg.prune (50% FFN/channels, 25% heads) [MiniLM: as the demo, act importance + least-squares
+                   refit, then distilled] then the sg-int8 path
   torchao-int8     torchao Int8DynamicActivationInt8WeightConfig + Inductor (when torchao imports)
 
 Models: all-MiniLM-L6-v2 (real weights; batch 32 x 32 tokens), BERT-base (seq 128; batch 1 and 32), a
@@ -69,6 +70,7 @@ class Case:
     samples: int = 1
     decode: bool = False
     distill: object = None  # callable(pruned) -> distilled, for the real-weights model
+    prune_options: dict = field(default_factory=dict)  # extra sg.prune options (calibration data for real weights)
 
 
 def _device_and_dtype():
@@ -84,8 +86,10 @@ def _to(case: Case, device, dtype) -> Case:
         return t
 
     model = case.model.to(device=device, dtype=dtype).eval()
+    options = {k: [tuple(move(t) for t in b) for b in v] if k == "calib" else v
+               for k, v in case.prune_options.items()}
     return Case(case.name, model, tuple(move(a) for a in case.args), {k: move(v) for k, v in case.kwargs.items()},
-                case.samples, case.decode, case.distill)
+                case.samples, case.decode, case.distill, options)
 
 
 def build_cases(quick: bool, selected: set[str] | None) -> list[Case]:
@@ -111,7 +115,9 @@ def build_cases(quick: bool, selected: set[str] | None) -> list[Case]:
             settings = {k: v for k, v in DISTILL.items() if k != "steps"}
             return sg.distill(pruned, teacher, train, steps=40 if quick else DISTILL["steps"], **settings)
 
-        cases.append(Case("minilm", encoder, (ids, mask), {}, ids.shape[0], distill=distill_minilm))
+        # pruned as `slimgraph demo` does: activation-aware importance + least-squares refit on train text
+        cases.append(Case("minilm", encoder, (ids, mask), {}, ids.shape[0], distill=distill_minilm,
+                          prune_options={"importance": "act", "calib": train[:8], "reconstruct": True}))
     bert_cfg = transformers.BertConfig() if not quick else transformers.BertConfig(num_hidden_layers=2)
     for batch in (1, 32):
         name = f"bert-b{batch}"
@@ -200,7 +206,7 @@ def _variant_model(case: Case, variant: str, device):
         return torch.compile(case.model, backend="slimgraph", options={"quant": quant})
     if variant == "sg-pruned-int8":
         pruned = sg.prune(case.model, case.args, ratio=0.5, ratios={"heads": 0.25}, example_kwargs=case.kwargs,
-                          check=False)
+                          check=False, **case.prune_options)
         if case.distill is not None:
             pruned = case.distill(pruned)
         return torch.compile(pruned, backend="slimgraph", options={"quant": quant})

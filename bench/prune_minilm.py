@@ -205,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reconstruct", action="store_true",
                         help="slimgraph refits the layers that lose input columns by least squares on calibration "
                              "text (sg.prune(reconstruct=True)); results go to prune-minilm-<importance>-reconstruct.*")
+    parser.add_argument("--skip-torch-pruning", action="store_true",
+                        help="slimgraph only (long runs; the side-by-side files come from runs without this flag)")
+    parser.add_argument("--live-teacher", action="store_true",
+                        help="run the teacher at every step instead of caching its outputs (long runs: the cache "
+                             "takes ~5 GB per 1000 steps of batch 16)")
     parser.add_argument("--calib-sentences", type=int, default=None,
                         help="train sentences for act/taylor/reconstruct calibration (default 128, 640 with "
                              "--reconstruct: a 1536-wide layer needs well over 1536 calibration tokens)")
@@ -244,9 +249,13 @@ def main(argv: list[str] | None = None) -> int:
 
     text, batches = batches_for(not args.no_augment)
     setting = (args.steps, args.lr, args.hidden_weight)
-    teacher_cache, cache_s = timed(lambda: CachedTeacher(EncoderWithHidden(teacher), batches))
-    print(f"{len(text)} training texts in {len(batches)} batches; teacher outputs cached in {cache_s:.0f} s",
-          flush=True)
+    if args.live_teacher:
+        teacher_cache, cache_s = EncoderWithHidden(teacher).eval(), 0.0
+        print(f"{len(text)} training texts in {len(batches)} batches; teacher run live", flush=True)
+    else:
+        teacher_cache, cache_s = timed(lambda: CachedTeacher(EncoderWithHidden(teacher), batches))
+        print(f"{len(text)} training texts in {len(batches)} batches; teacher outputs cached in {cache_s:.0f} s",
+              flush=True)
 
     # ---- slimgraph
     sg_pruned, sg_prune_s = timed(lambda: sg_prune(teacher, example))
@@ -262,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     tp_model = copy.deepcopy(teacher)
     tp_row: dict = {}
     try:
+        if args.skip_torch_pruning:
+            raise RuntimeError("skipped (--skip-torch-pruning)")
         (_, patched), tp_prune_s = timed(lambda: tp_prune_minilm(tp_model, example))
         tp_row.update(ran=True, prune_s=tp_prune_s, patched_by_hand=patched)
         tp_row["before"] = evaluate(tp_model)
@@ -331,12 +342,14 @@ def main(argv: list[str] | None = None) -> int:
                       cos(tp_row["before"]), cos(tp_row["after"]), lat_cell("torch_pruning"),
                       f"{tp_row['prune_s']:.1f} s"])
     else:
-        table.append(["Torch-Pruning", "-", "-", "-", "-", "-", "-", "-", f"FAILED: {tp_row.get('error')}"])
+        why = "not run (--skip-torch-pruning)" if args.skip_torch_pruning else f"FAILED: {tp_row.get('error')}"
+        table.append(["Torch-Pruning", "-", "-", "-", "-", "-", "-", "-", why])
     how = args.importance + (" + least-squares reconstruction" if args.reconstruct else "")
     md = [f"# Pruning all-MiniLM-L6-v2 (FFN 50%, heads 25%; slimgraph importance {how}) + distillation "
           f"({'QUICK smoke run' if args.quick else 'full run'})", "", *meta_lines(meta),
           f"- distillation (both tools): {settings}; {args.steps} steps x {args.batch_size} texts; teacher outputs "
-          f"cached once ({cache_s:.0f} s); slimgraph distillation {sg_distill_s:.0f} s"
+          + ("computed at every step" if args.live_teacher else f"cached once ({cache_s:.0f} s)")
+          + f"; slimgraph distillation {sg_distill_s:.0f} s"
           + (f", Torch-Pruning {tp_row['distill_s']:.0f} s" if tp_row.get("distill_s") else ""),
           f"- evaluation: {n_heldout} held-out sentences (never trained on), cosine to the unpruned model's "
           "embeddings", "",
@@ -351,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
           target_line("held-out cosine after distillation (slimgraph)", f"{sg_after['cosine_mean']:.4f} (mean), "
                       f"{sg_after['cosine_min']:.4f} (min)", f">= {TARGET_COSINE}", met), ""]
     stem = ("prune-minilm" + ("" if args.importance == "l2" else f"-{args.importance}")
-            + ("-reconstruct" if args.reconstruct else ""))
+            + ("-reconstruct" if args.reconstruct else "") + (f"-{args.steps}steps" if args.skip_torch_pruning else ""))
     files = write_results(args.out, stem, payload, md)
     files.append(_plot(args.out, stem, sg_hist, tp_hist if tp_final is not None else None))
     print("\n".join(md))
