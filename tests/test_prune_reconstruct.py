@@ -7,7 +7,7 @@ from helpers import assert_close_outputs, run
 from test_prune_exact import _plant_bert
 
 import slimgraph as sg
-from slimgraph.errors import PipelineError
+from slimgraph.errors import PipelineError, SlimgraphError
 from slimgraph.passes import parse_pipeline
 from slimgraph.testing import make
 
@@ -103,3 +103,15 @@ def test_reconstruct_is_a_pipeline_option():
     assert p.reconstruct is True
     with pytest.raises(PipelineError, match="expected true/false"):
         parse_pipeline("prune{reconstruct=maybe}")
+
+
+def test_non_finite_activations_are_a_clear_error():
+    model = RedundantMLP()
+    with pytest.raises(SlimgraphError, match="calibration needs finite data"):  # NaN in the data itself
+        bad = _calib()
+        bad[3][0][5, 2] = float("nan")
+        sg.prune(model, (torch.randn(4, 6),), ratio=0.5, importance="l2", round_to=1, calib=bad, reconstruct=True)
+    huge = _calib()
+    huge[2][0][0] = 3e38  # finite input, infinite activations inside the model
+    with pytest.raises(SlimgraphError, match="NaN/Inf at the input of"):
+        sg.prune(model, (torch.randn(4, 6),), ratio=0.5, importance="l2", round_to=1, calib=huge, reconstruct=True)

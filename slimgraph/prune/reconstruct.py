@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..errors import InputError
 from ..ir.graph_utils import _getattr_path, set_attr_tensor
 from .analysis import Analysis
 from .rewrite import keep_indices
@@ -105,6 +106,9 @@ def collect_grams(a: Analysis, consumers: list[Consumer], calib) -> None:
             out = super().run_node(n)
             for c in watch.get(n, ()):
                 x = out.detach().reshape(-1, out.shape[-1]).double()
+                if not torch.isfinite(x).all():
+                    raise InputError(f"reconstruct: the calibration data gives NaN/Inf at the input of {c.node}; "
+                                     "check the calibration batches (or prune without reconstruct)")
                 if c.bias is not None:
                     x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
                 g = x.T @ x
@@ -133,11 +137,12 @@ def refit(gm: fx.GraphModule, consumers: list[Consumer], damping: float = 0.01
         w_full = c.original_weight.double()
         if c.bias is not None:
             w_full = torch.cat([w_full, c.original_bias.double()[:, None]], dim=1)  # [N, K+1]
-        idx = torch.as_tensor(cols, dtype=torch.long)
+        w_full = w_full.to(c.gram.device)
+        idx = torch.as_tensor(cols, dtype=torch.long, device=c.gram.device)
         g_kk, g_k = c.gram[idx][:, idx], c.gram[idx]
         w_k = w_full[:, idx]
         lam = damping * float(g_kk.diagonal().mean())
-        lhs = g_kk + lam * torch.eye(len(cols), dtype=torch.float64)
+        lhs = g_kk + lam * torch.eye(len(cols), dtype=torch.float64, device=c.gram.device)
         new = torch.linalg.solve(lhs, g_k @ w_full.T + lam * w_k.T).T  # [N, |K|(+1)]
         energy = max(float(torch.einsum("nk,kl,nl->", w_full, c.gram, w_full)), 1e-30)
         done.append(Reconstruction(
@@ -145,7 +150,7 @@ def refit(gm: fx.GraphModule, consumers: list[Consumer], damping: float = 0.01
             max(0.0, _error(w_full, w_k, g_kk, g_k, c.gram) / energy) ** 0.5,  # rounding can dip below zero
             max(0.0, _error(w_full, new, g_kk, g_k, c.gram) / energy) ** 0.5))
         if c.keep_out is not None:
-            new = new[torch.as_tensor(c.keep_out, dtype=torch.long)]
+            new = new[torch.as_tensor(c.keep_out, dtype=torch.long, device=new.device)]
         dtype = c.original_weight.dtype
         set_attr_tensor(gm, c.weight, new[:, : len(c.keep_in)].to(dtype).contiguous())
         if c.bias is not None:
