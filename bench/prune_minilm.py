@@ -2,13 +2,18 @@
 English text, and do the same with Torch-Pruning side by side.
 
     python -m bench.prune_minilm [--out bench/results] [--quick] [--sweep] [--importance l2|act|taylor]
+                                 [--reconstruct] [--steps N] [--skip-torch-pruning --live-teacher]
+
+The committed runs behind issue 3's target: ``--importance act --reconstruct --threads 2 --steps 1500`` (side by
+side with Torch-Pruning), then ``--steps 3000`` and ``--steps 6000`` with ``--skip-torch-pruning --live-teacher``.
 
 Model: ``slimgraph.demos.minilm.load_encoder()`` (the real pretrained weights + mean pooling + L2 norm).
 Data: ``slimgraph.data.english_sentences``: the "train" split for distillation, the "heldout" split (never
 trained on) for evaluation, tokenized to 32 tokens.
 
 * slimgraph: ``sg.prune(encoder, (ids, mask), ratio=0.5, ratios={"heads": 0.25})`` (l2 importance by
-  default, ``--importance act`` for the activation-aware criterion; round_to 8, numeric check on):
+  default, ``--importance act`` for the activation-aware criterion, ``--reconstruct`` for the least-squares refit
+  of the layers that lose inputs on 640 calibration sentences; round_to 8, numeric check on):
   every layer's FFN neurons halved, 3 of 12 heads removed per layer; the
   hidden (residual) width feeds the output and is never pruned.
 * Torch-Pruning: ``MetaPruner`` + ``GroupMagnitudeImportance(p=2)``, hand-written ``num_heads`` (12) for
