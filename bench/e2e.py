@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -92,8 +92,8 @@ def _to(case: Case, device, dtype) -> Case:
     model = case.model.to(device=device, dtype=dtype).eval()
     options = {k: [tuple(move(t) for t in b) for b in v] if k == "calib" else v
                for k, v in case.prune_options.items()}
-    return Case(case.name, model, tuple(move(a) for a in case.args), {k: move(v) for k, v in case.kwargs.items()},
-                case.samples, case.decode, case.distill, options, case.distill_steps, case.real_weights)
+    return replace(case, model=model, args=tuple(move(a) for a in case.args),
+                   kwargs={k: move(v) for k, v in case.kwargs.items()}, prune_options=options)
 
 
 def build_cases(quick: bool, selected: set[str] | None) -> list[Case]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 
 import torch
@@ -43,6 +42,7 @@ from bench.prune_common import (
     meta_lines,
     param_count,
     run_meta,
+    save_figure,
     target_line,
     tp_prune,
     write_results,
@@ -232,11 +232,7 @@ def _plot(out, runs, med):
     ax.set_ylabel("seconds (median, dots = repeats)")
     ax.set_title("Pruning BERT-base heads + FFN at 0.5, CPU")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, "prune-bert-base.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, "prune-bert-base")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,17 @@ def write_results(out: str | Path, stem: str, payload: dict[str, Any], markdown:
     return [json_path, md_path]
 
 
+def save_figure(fig, out: str | Path, stem: str) -> str:
+    """Lay out, write ``out/stem.png`` and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = str(Path(out) / f"{stem}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _json_default(obj):
     if isinstance(obj, torch.Size):
         return list(obj)

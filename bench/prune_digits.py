@@ -35,6 +35,7 @@ from bench.prune_common import (
     meta_lines,
     param_count,
     run_meta,
+    save_figure,
     target_line,
     timed,
     tp_prune,
@@ -228,11 +229,7 @@ def _plot(out, rows, teacher_acc, ratio):
     ax.set_ylim(0, 105)
     ax.set_title(f"digits CNN, ratio {ratio}")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, "prune-digits.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, "prune-digits")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from bench.prune_common import (
     meta_lines,
     param_count,
     run_meta,
+    save_figure,
     target_line,
     timed,
     tp_prune,
@@ -415,7 +416,6 @@ def sweep(args, meta, wall, teacher, example, evaluate, batches_for, train_eval)
 
 
 def _plot(out, stem, sg_hist, tp_hist):
-    import os
 
     import matplotlib
 
@@ -436,11 +436,7 @@ def _plot(out, stem, sg_hist, tp_hist):
     ax.set_yscale("log")
     ax.set_title("MiniLM distillation after pruning (train text)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out, f"{stem}.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, stem)
 
 
 if __name__ == "__main__":

@@ -57,11 +57,10 @@ class HistogramObserver(MinMaxObserver):
 
     def _widen(self, new_max: float) -> None:
         factor = 2 ** math.ceil(math.log2(new_max / self.hi))
+        merged = torch.zeros(self.bins, dtype=torch.float64)
         if factor >= self.bins:
-            merged = torch.zeros(self.bins, dtype=torch.float64)
             merged[0] = self.hist.sum()
         else:  # bin edges of the wider range coincide with every factor-th old edge: merging stays exact
-            merged = torch.zeros(self.bins, dtype=torch.float64)
             merged[: self.bins // factor] = self.hist.reshape(self.bins // factor, factor).sum(1)
         self.hist = merged
         self.hi *= factor
@@ -70,14 +69,20 @@ class HistogramObserver(MinMaxObserver):
     def width(self) -> float:
         return self.hi / self.bins
 
+    def threshold(self) -> float:
+        if self.hist.numel() == 0 or self.hist.sum() == 0:  # nothing observed: fall back to min-max
+            return self.absmax
+        return self._fit_threshold()
+
+    def _fit_threshold(self) -> float:
+        raise NotImplementedError
+
 
 @dataclass
 class PercentileObserver(HistogramObserver):
     percentile: float = 99.99
 
-    def threshold(self) -> float:
-        if self.hist.numel() == 0 or self.hist.sum() == 0:
-            return self.absmax
+    def _fit_threshold(self) -> float:
         cumulative = self.hist.cumsum(0)
         index = int(torch.searchsorted(cumulative, cumulative[-1] * self.percentile / 100.0))
         return min(self.absmax, (index + 1) * self.width)
@@ -87,9 +92,7 @@ class PercentileObserver(HistogramObserver):
 class MSEObserver(HistogramObserver):
     candidates: int = 256
 
-    def threshold(self) -> float:
-        if self.hist.numel() == 0 or self.hist.sum() == 0:
-            return self.absmax
+    def _fit_threshold(self) -> float:
         centers = (torch.arange(self.bins, dtype=torch.float64) + 0.5) * self.width
         # Candidate thresholds from 1/16 of the range up to the observed maximum.
         top = min(self.absmax, self.hi)
