@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.fx as fx
 import torch.nn as nn
 
-from .ir.capture import capture
+from .ir.capture import capture_or_copy
 from .passes.base import Pass
 from .passes.manager import PassManager
 
@@ -28,15 +28,5 @@ def optimize(
     graph before it on the example inputs: lossless passes must match to float tolerance, lossy ones
     have their error recorded in ``slimgraph.ir.graph_info(result).history``.
     """
-    if isinstance(model, fx.GraphModule) and "slimgraph" in model.meta:
-        gm = _copy_graph_module(model)
-    else:
-        gm = capture(model, example_inputs, example_kwargs)
+    gm = capture_or_copy(model, example_inputs, example_kwargs)
     return PassManager(pipeline, check_numerics=check).run(gm).gm
-
-
-def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy whose graph and tensors can be rewritten without touching ``gm``."""
-    import copy
-
-    return copy.deepcopy(gm)

@@ -1,6 +1,6 @@
 """slimgraph's IR: capture, typed node metadata, a networkx view and the verifier."""
 
-from .capture import capture, dynamo_constant_inputs
+from .capture import capture, capture_or_copy, dynamo_constant_inputs, is_captured
 from .info import GraphInfo, NodeInfo, TensorSpec, graph_info, node_info
 from .nxview import to_networkx
 from .propagate import annotate, propagate, refresh
@@ -12,8 +12,10 @@ __all__ = [
     "TensorSpec",
     "annotate",
     "capture",
+    "capture_or_copy",
     "dynamo_constant_inputs",
     "graph_info",
+    "is_captured",
     "node_info",
     "propagate",
     "refresh",

@@ -15,6 +15,7 @@ touches the caller's model. See ``docs/architecture.md`` for the op level.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 import traceback
@@ -90,6 +91,23 @@ def capture(
         _own_weights(gm)
     refresh(gm)
     return gm
+
+
+def is_captured(model) -> bool:
+    """True for a GraphModule slimgraph produced (it carries a ``GraphInfo``)."""
+    return isinstance(model, fx.GraphModule) and GRAPH_KEY in model.meta
+
+
+def capture_or_copy(model: nn.Module, example_inputs=None, example_kwargs: dict | None = None, **capture_options):
+    """The one entry every API uses: a private copy of an already-captured graph, else a fresh capture.
+
+    Either way the result can be rewritten or trained without touching ``model``.
+    """
+    if is_captured(model):
+        return copy.deepcopy(model)
+    if example_inputs is None:
+        raise InputError(f"{type(model).__name__} is not a slimgraph graph yet: pass example_inputs to capture it")
+    return capture(model, example_inputs, example_kwargs, **capture_options)
 
 
 # --------------------------------------------------------------------------------------------- inputs

@@ -297,8 +297,7 @@ def prune(
             output projections) by least squares on ``calib``, so kept channels take over what removed ones
             carried. Needs at least as many calibration rows (tokens) as the layer has kept inputs.
     """
-    from ..api import _copy_graph_module
-    from ..ir.capture import capture
+    from ..ir.capture import capture_or_copy
     from ..passes.manager import PassManager
 
     _validate(ratio, importance, scope, round_to, ratios, floor)
@@ -308,10 +307,7 @@ def prune(
         if not any(_matches(m, name) for m in modules):
             raise InputError(f"ignore names module {name!r}, which the model does not have; use names from "
                              "model.named_modules()")
-    if isinstance(model, fx.GraphModule) and "slimgraph" in model.meta:
-        gm = _copy_graph_module(model)
-    else:
-        gm = capture(model, example_inputs, example_kwargs)
+    gm = capture_or_copy(model, example_inputs, example_kwargs)
     p = Prune(ratio=ratio, importance=importance, scope=scope, round_to=round_to, ignore=tuple(names),
               ratios=ratios, floor=floor, seed=seed, reconstruct=reconstruct,
               calib=list(calib) if calib is not None else None, loss_fn=loss_fn)
