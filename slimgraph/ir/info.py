@@ -73,6 +73,9 @@ class GraphInfo:
     dynamic_batch: bool = False
     applied: list[str] = field(default_factory=list)  # names of the passes that changed the graph
     history: list[Any] = field(default_factory=list)  # PassRecords of every pipeline run on the graph
+    # weight attribute name -> sparsity pattern ("unstructured", "2:4", "32x32") that fine-tuning must keep:
+    # written by the sparsify pass, read by distillation (zeros stay zero) and stored in archives
+    sparsity: dict[str, str] = field(default_factory=dict)
 
 
 def node_info(node: fx.Node) -> NodeInfo | None:
