@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Mapping
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import InputError, PassError
-from ..ir.capture import capture
-from ..ir.info import GRAPH_KEY
+from ..ir.capture import capture_or_copy
+from ..ir.info import graph_info
 from ..passes.manager import PassManager
-from .quant_pass import Quantize
+from .calibrate import Batch, normalize_batches, run_outputs
+from .quant_pass import Quantize, output_error
 from .report import last_report
 
 log = logging.getLogger("slimgraph")
@@ -72,16 +73,19 @@ def quantize(
         smoothquant = AUTO_SMOOTHQUANT if scheme in ("w8a8", "w8a8-dynamic") else None
     elif isinstance(smoothquant, str):
         raise InputError(f"smoothquant must be an alpha in [0, 1], None or 'auto', got {smoothquant!r}")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"quantize() needs an nn.Module, got {type(model).__name__}")
+    gm = capture_or_copy(model, example_inputs, example_kwargs)
+    batches = _calibration(calib)
+    fit, held_out = _hold_out(batches)
     qpass = Quantize(scheme=scheme, observer=observer, percentile=percentile, smoothquant=smoothquant,
                      skip=tuple(skip) if not isinstance(skip, str) else (skip,), max_error=max_error,
                      attention=attention, embeddings=embeddings, per_layer=dict(per_layer or {}),
-                     calib=_calibration(calib, example_inputs, example_kwargs), progress=progress)
-    if isinstance(model, fx.GraphModule) and GRAPH_KEY in model.meta:
-        gm = copy.deepcopy(model)
-    elif isinstance(model, nn.Module):
-        gm = capture(model, example_inputs, example_kwargs)
-    else:
-        raise InputError(f"quantize() needs an nn.Module, got {type(model).__name__}")
+                     calib=fit, progress=progress)
+    info = graph_info(gm)
+    evaluation = [Batch(tuple(info.example_args), dict(info.example_kwargs))]
+    evaluation += normalize_batches(held_out, gm) if held_out else []
+    reference = run_outputs(gm, evaluation)  # before the passes: they rewrite gm
     try:
         gm = PassManager([*PREPARE.split(","), qpass], check_numerics=True).run(gm).gm
     except PassError as exc:
@@ -89,15 +93,80 @@ def quantize(
             raise exc.__cause__ from None
         raise
     report = last_report(gm)
-    if report is not None and not report.quantized:
-        log.warning("quantize: %s", "; ".join(report.notes) or "no layer was quantized")
+    if report is not None:
+        _report_evaluation(report, run_outputs(gm, evaluation), reference, len(held_out), calib is None)
+        for warning in _outlier_warnings(normalize_batches(fit, gm)):
+            report.notes.append(warning)
+            log.warning("quantize: %s", warning)
+        if not report.quantized:
+            log.warning("quantize: %s", "; ".join(report.notes) or "no layer was quantized")
     return gm
 
 
-def _calibration(calib, example_inputs, example_kwargs):
-    if calib is not None:
-        if isinstance(calib, (str, bytes)):
-            raise InputError("calib must be an iterable of input tuples")
-        return tuple(calib)
-    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    return ((args, dict(example_kwargs or {})),)
+# Held-out calibration batches: with HOLD_OUT_FROM or more batches, one in HOLD_OUT_EVERY (at most HOLD_OUT_MAX)
+# is kept out of calibration and used only to measure the error the user will see on data it was not fit to.
+HOLD_OUT_FROM, HOLD_OUT_EVERY, HOLD_OUT_MAX = 4, 8, 4
+# Warn when the error on the example inputs is this many times the calibration-set error (and not tiny).
+EVAL_GAP_FACTOR, EVAL_GAP_FLOOR = 3.0, 0.02
+# Calibration inputs whose largest magnitude is this many times their median nonzero magnitude are called
+# outliers (a Gaussian's ratio is about 8 at a million samples; heavy-tailed real inputs stay far below 1000).
+OUTLIER_RATIO = 1000.0
+
+
+def _hold_out(batches: tuple | None) -> tuple[tuple | None, tuple]:
+    if batches is None:
+        return None, ()
+    n = len(batches)
+    if n < HOLD_OUT_FROM:
+        return batches, ()
+    k = min(HOLD_OUT_MAX, max(1, n // HOLD_OUT_EVERY))
+    return batches[: n - k], batches[n - k:]
+
+
+def _report_evaluation(report, outputs, reference, held_out: int, calibrated_on_examples: bool) -> None:
+    report.eval_rel_error, report.eval_cosine = output_error(outputs, reference)
+    where = "the example inputs"
+    if held_out:
+        where += f" and {held_out} held-out calibration batch{'es' if held_out > 1 else ''}"
+    if calibrated_on_examples:
+        where += " (also the calibration data)"
+    report.eval_data = where
+    calib_error = report.output_rel_error
+    if (calib_error is not None and not calibrated_on_examples and report.eval_rel_error > EVAL_GAP_FLOOR
+            and report.eval_rel_error > EVAL_GAP_FACTOR * calib_error):
+        warning = (f"the output error on {where} is {report.eval_rel_error:.3g} (cosine {report.eval_cosine:.4f}), "
+                   f"{report.eval_rel_error / max(calib_error, 1e-12):.0f}x the error on the calibration data "
+                   f"({calib_error:.3g}): the calibration data does not represent these inputs; calibrate on "
+                   "batches like the ones the model will see, or use scheme='w8a8-dynamic'")
+        report.notes.append(warning)
+        log.warning("quantize: %s", warning)
+
+
+def _outlier_warnings(batches: list[Batch]) -> list[str]:
+    """Calibration inputs with extreme values: a static scale fit to them crushes every ordinary value."""
+    warnings = []
+    for b, batch in enumerate(batches):
+        named = [(f"input {i}", a) for i, a in enumerate(batch.args)] + list(batch.kwargs.items())
+        for where, value in named:
+            if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() >= 16):
+                continue
+            magnitude = value.detach().abs().flatten().float()
+            magnitude = magnitude[magnitude > 0]
+            if magnitude.numel() == 0:
+                continue
+            typical = float(magnitude.median())
+            peak = float(magnitude.max())
+            if peak > OUTLIER_RATIO * typical:
+                warnings.append(f"calibration batch {b}, {where}: max |x| = {peak:.3g} is {peak / typical:.0f}x its "
+                                f"median ({typical:.3g}); static activation scales fit to such outliers lose the "
+                                "precision of ordinary values (drop the outliers, or use observer='percentile')")
+    return warnings
+
+
+def _calibration(calib) -> tuple | None:
+    """The user's calibration batches as a tuple; None means the example inputs recorded at capture."""
+    if calib is None:
+        return None
+    if isinstance(calib, (str, bytes, torch.Tensor)):
+        raise InputError("calib must be an iterable of input tuples, e.g. [(x1,), (x2,)]")
+    return tuple(calib)

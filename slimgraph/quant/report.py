@@ -52,6 +52,10 @@ class QuantReport:
     calibration_batches: int = 0
     output_rel_error: float | None = None  # ||y_q - y|| / ||y|| over the calibration outputs
     output_cosine: float | None = None  # minimum cosine over calibration batches
+    # the headline: error on data calibration did not fit (the example inputs, plus held-out calibration batches)
+    eval_rel_error: float | None = None
+    eval_cosine: float | None = None
+    eval_data: str = ""  # what eval_* were measured on, in words
     max_error: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -64,10 +68,14 @@ class QuantReport:
         return [layer for layer in self.layers if not layer.int8]
 
     def summary(self) -> str:
-        err = f", output rel. error {self.output_rel_error:.2e}" if self.output_rel_error is not None else ""
-        cos = f", min cosine {self.output_cosine:.5f}" if self.output_cosine is not None else ""
-        return (f"{self.scheme} ({self.observer}): {len(self.quantized)} of {len(self.layers)} layers int8"
-                f"{err}{cos}")
+        head = f"{self.scheme} ({self.observer}): {len(self.quantized)} of {len(self.layers)} layers int8"
+        if self.eval_rel_error is not None:
+            head += (f"; on {self.eval_data}: output rel. error {self.eval_rel_error:.2e}, "
+                     f"min cosine {self.eval_cosine:.5f}")
+        if self.output_rel_error is not None:
+            head += (f"; on the calibration data: rel. error {self.output_rel_error:.2e}, "
+                     f"min cosine {self.output_cosine:.5f}")
+        return head
 
     def table(self) -> str:
         header = ("layer", "op", "scheme", "weight scales", "act scale", "SQNR dB", "kept")
