@@ -7,8 +7,11 @@
 The backend is registered through the ``torch_dynamo_backends`` entry point, so after ``pip install`` it
 works without importing slimgraph. For every graph dynamo hands over it:
 
-1. turns the parameters and buffers dynamo lifted to inputs back into constants (inference freezing: weights
-   changed after compilation are not seen, as with Inductor's freezing);
+1. turns the parameters and buffers dynamo lifted to inputs back into constants (inference freezing), and
+   watches them: every call compares each frozen tensor's identity, storage and version counter (a few
+   attribute reads per weight) with what was compiled. A weight changed since (``load_state_dict``, an
+   optimizer step, ``p.data = ...``) triggers a recompilation of that graph with a warning, so the compiled
+   model never returns results of weights it no longer has; with ``frozen=True`` it raises instead;
 2. captures the graph at slimgraph's canonical ATen level, keeping symbolic the dims dynamo made dynamic,
    so prefill and decode shapes share one compiled graph instead of recompiling per length;
 3. runs the lossless passes (fold constants, fold BN, fuse epilogues) and, when asked, calibration-free
@@ -19,11 +22,15 @@ works without importing slimgraph. For every graph dynamo hands over it:
    eager.
 
 It never breaks the user: if anything in steps 1-3 fails, it logs a warning naming the pass and node and
-compiles the unmodified graph with the inner compiler. Graph breaks are handled by dynamo as usual.
+compiles the unmodified graph with the inner compiler. Graph breaks are handled by dynamo as usual. When
+gradients will flow (grad mode on and parameters requiring grad) the graph is compiled without slimgraph's
+passes; when only the inputs require grad, the lossless passes run but int8 is left out with a warning (the
+int8 ops have no gradient), so ``backward()`` works.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -34,8 +41,10 @@ import torch
 import torch.fx as fx
 from torch.fx.graph import CodeGen
 
-from .errors import InputError
+from . import defaults
+from .errors import InputError, SlimgraphError
 from .ir.info import graph_info
+from .passes.base import parse_bool
 
 log = logging.getLogger("slimgraph")
 
@@ -50,9 +59,12 @@ class BackendOptions:
     inner: str = "inductor"
     autotune: bool = False
     check: bool = False  # compare every pass's output with the graph before it (slow; for debugging)
+    frozen: bool = False  # raise instead of recompiling when a frozen weight changes after compilation
     extra_passes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
+        for name in ("fuse", "autotune", "check", "frozen"):  # "no" must mean False, junk must be an error
+            object.__setattr__(self, name, parse_bool(getattr(self, name), f"backend option {name}", InputError))
         if self.quant not in QUANT_SCHEMES:
             raise InputError(f"backend option quant={self.quant!r}: choose one of {QUANT_SCHEMES} (static w8a8 "
                              "needs calibration data: use sg.quantize before compiling)")
@@ -92,6 +104,8 @@ class CompileRecord:
     fallback: str | None = None  # why the unmodified graph was compiled instead
     seconds: float = 0.0
     autotune: list = field(default_factory=list)  # LayerTimings when autotune ran
+    notes: list[str] = field(default_factory=list)  # documented fallbacks taken (e.g. int8 left out for grads)
+    recompiles: int = 0  # times frozen weights changed and the graph was compiled again
     graph: fx.GraphModule | None = field(default=None, repr=False)
 
 
@@ -101,7 +115,8 @@ COMPILED: deque[CompileRecord] = deque(maxlen=64)
 def quant_pass_spec(scheme: str, per_layer: str = "") -> str:
     """The quant pass for a backend scheme; activation schemes smooth LayerNorm-fed Linears, calibrated on the
     compile-time inputs (as sg.quantize's "auto" default does)."""
-    smooth = ",smoothquant=0.5" if scheme == "w8a8-dynamic" else ""
+    alpha = defaults.resolve_smoothquant(defaults.SMOOTHQUANT, scheme)
+    smooth = f",smoothquant={alpha}" if alpha is not None and scheme == "w8a8-dynamic" else ""
     return f"quant{{scheme={scheme}{smooth}{per_layer}}}"
 
 
@@ -134,10 +149,16 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence, options: Backend
     start = time.perf_counter()
     record = CompileRecord(nodes_before=len(gm.graph.nodes), options=options)
     COMPILED.append(record)
+    effective = options
+    if options.quant is not None and _inputs_need_grad(example_inputs):
+        effective = dataclasses.replace(options, quant=None)
+        record.notes.append(f"int8 ({options.quant}) left out: inputs require grad and the int8 ops have no "
+                            "gradient; the lossless passes still ran")
+        log.warning("slimgraph backend: %s", record.notes[-1])
     try:
         # export runs its own fake-tensor tracing: keep it away from dynamo's tracing context and shape env
         with torch._guards.tracing(None):
-            optimized, keep = _optimize(gm, example_inputs, options)
+            optimized, keep = _optimize(gm, example_inputs, effective)
     except Exception as exc:  # noqa: BLE001 - never break the user: fall back to the unmodified graph
         record.fallback = _describe(exc)
         log.warning("slimgraph backend: %s; compiling the unmodified graph instead", record.fallback)
@@ -153,11 +174,52 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence, options: Backend
     record.nodes_after = len(optimized.graph.nodes)
     record.applied = list(graph_info(optimized).applied)
     record.seconds = time.perf_counter() - start
+    return _FrozenGraph(gm, options, record, compiled, keep, example_inputs)
 
-    def run(*args):
-        return compiled(*[args[i] for i in keep])
 
-    return run
+class _FrozenGraph:
+    """The compiled graph plus a watch on the weights it froze: a changed weight means compile again."""
+
+    def __init__(self, gm, options, record, compiled, keep, example_inputs):
+        self.gm, self.options, self.record = gm, options, record
+        self._install(compiled, keep, example_inputs)
+
+    def _install(self, compiled, keep, inputs) -> None:
+        self.compiled, self.keep = compiled, keep
+        kept = set(keep)
+        self.frozen = [(i, _fingerprint(t)) for i, t in enumerate(inputs)
+                       if i not in kept and isinstance(t, torch.Tensor)]
+
+    def __call__(self, *args):
+        for i, seen in self.frozen:
+            if _fingerprint(args[i]) != seen:
+                self._recompile(args, i)
+                break
+        return self.compiled(*[args[i] for i in self.keep])
+
+    def _recompile(self, args, index: int) -> None:
+        what = f"frozen weight input {index} (shape {tuple(args[index].shape)}) changed after compilation"
+        if self.options.frozen:
+            raise SlimgraphError(f"slimgraph backend: {what}, and frozen=True was asked for; compile the model "
+                                 "again after changing its weights, or drop frozen=True to recompile automatically")
+        log.warning("slimgraph backend: %s; compiling the graph again with the new weights", what)
+        fresh = compile_graph(self.gm, args, self.options)
+        self.record.recompiles += 1
+        if isinstance(fresh, _FrozenGraph):
+            self._install(fresh.compiled, fresh.keep, args)
+        else:  # the new compilation fell back to the unmodified graph, which reads every weight each call
+            self.compiled, self.keep, self.frozen = fresh, list(range(len(args))), []
+
+
+def _fingerprint(t: torch.Tensor) -> tuple[int, int, int]:
+    """Identity, storage address and version counter: any in-place update or replacement changes one of them."""
+    return id(t), t.data_ptr(), t._version
+
+
+def _inputs_need_grad(example_inputs) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) and t.requires_grad
+        for t in example_inputs)
 
 
 def _is_training(gm: fx.GraphModule, example_inputs) -> bool:
@@ -189,8 +251,9 @@ def _optimize(gm: fx.GraphModule, example_inputs: list, options: BackendOptions)
 
         overrides, timings = choose_layers(result.gm, options.quant)
         COMPILED[-1].autotune = timings
+        alpha = defaults.resolve_smoothquant(defaults.SMOOTHQUANT, options.quant)
         quantize = Quantize(scheme=options.quant, per_layer=overrides, progress=False,
-                            smoothquant=0.5 if options.quant == "w8a8-dynamic" else None)
+                            smoothquant=alpha if options.quant == "w8a8-dynamic" else None)
         result = PassManager([quantize, "dce"], check_numerics=options.check).run(result.gm)
     optimized = result.gm
     for record in graph_info(optimized).history:

@@ -159,6 +159,22 @@ def _parse_options(cls: type[Pass], text: str) -> dict[str, Any]:
     return options
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(raw, where: str, error: type[Exception] = PipelineError) -> bool:
+    """A boolean option given as a bool or a word (true/false, yes/no, on/off, 1/0); anything else is an error."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        low = raw.strip().lower()
+        if low in TRUE_WORDS:
+            return True
+        if low in FALSE_WORDS:
+            return False
+    raise error(f"{where}: expected true/false, got {raw!r}")
+
+
 def _convert(raw: str, hint, where: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -193,12 +209,7 @@ def _convert(raw: str, hint, where: str):
             out[_convert(k, key_t, where)] = _convert(v, val_t, where)
         return out
     if hint is bool:
-        low = raw.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise PipelineError(f"{where}: expected true/false, got {raw!r}")
+        return parse_bool(raw, where)
     if hint is int:
         try:
             return int(raw)
