@@ -29,6 +29,7 @@ from .passes import Pass, PassManager, PassResult, register_pass, registered_pas
 from .prune import prune, prune_report
 from .quant import quantize
 from .serialize import load, save
+from .sparse import sparsify  # registers the sparsify pass
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "register_pass",
     "registered_passes",
     "save",
+    "sparsify",
     "to_networkx",
     "verify",
 ]
