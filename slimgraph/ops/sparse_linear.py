@@ -67,11 +67,11 @@ def to_csr(w: torch.Tensor) -> CsrWeight:
         warnings.simplefilter("ignore", UserWarning)
         csr = w.detach().to_sparse_csr()
     return CsrWeight(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                     csr.values().contiguous(), (int(w.shape[0]), int(w.shape[1])))
+                     csr.values().clone(), (int(w.shape[0]), int(w.shape[1])))
 
 
 def _densify(crow, col, values, n: int, k: int) -> torch.Tensor:
-    return torch.sparse_csr_tensor(crow.long(), col.long(), values, (n, k)).to_dense()
+    return torch.sparse_csr_tensor(crow.long(), col.long(), values, (n, k), check_invariants=True).to_dense()
 
 
 def _check(x, crow, col, values, n: int, k: int, bias, activation: str) -> None:
