@@ -2,16 +2,24 @@
 
     slimgraph demo                           the main job end to end on the built-in default model
     slimgraph compress MODEL --out DIR       prune, distill, quantize, fuse, verify, export, report
+                     [--data SPEC] [--eval package.module:metric]
     slimgraph inspect MODEL                  per-layer table (op, shapes, params, MACs) and totals
     slimgraph optimize MODEL --out FILE      capture, run a pipeline, verify, save
     slimgraph prune MODEL --out FILE         structured pruning only
     slimgraph quantize MODEL --out FILE      int8 quantization only
+    slimgraph distill MODEL --teacher MODEL --data SPEC --steps N --out FILE
     slimgraph export MODEL --onnx FILE       ONNX export (QDQ for quantized models)
     slimgraph passes                         list registered passes and their options
     slimgraph bench kernels                  kernel microbenchmarks (from a source checkout)
 
 MODEL is a built-in demo (minilm, digits-cnn), ``package.module:factory`` returning
-``(model, args[, kwargs])``, or a file written by ``slimgraph optimize`` / ``sg.save``.
+``(model, args[, kwargs])``, or a file written by ``slimgraph optimize`` / ``sg.save``. A spec
+``package.module:name`` is imported with the current directory importable.
+
+--data SPEC is ``package.module:batches`` (a callable returning an iterable of batches, or the iterable) or a
+``.npz`` / ``.safetensors`` file of input arrays, first dimension = samples, cut into ``--batch-size`` batches
+(array naming: see ``slimgraph.data.batches``). --eval ``package.module:metric`` names ``metric(model) ->
+float``, higher is better. Defaults for every option come from ``slimgraph.defaults``.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from . import defaults
 
 DESCRIPTION = "Compiler-style pruning, fusion and int8 quantization for PyTorch models."
 
@@ -111,23 +122,63 @@ def cmd_passes(args) -> int:
     return 0
 
 
-def _config(args, **overrides):
+def _data(args, demo):
+    """--data loaded, or the built-in demo's own training batches, or None."""
+    from .data.batches import load_data
+
+    if getattr(args, "data", None):
+        _status(f"loading data from {args.data} ...")
+        return load_data(args.data, demo.model, batch_size=args.batch_size)
+    return list(demo.train_batches) or None
+
+
+def _eval_fn(args, demo):
+    from .data.batches import resolve_attr
+    from .errors import InputError
+
+    if not args.eval:
+        return demo.evaluate
+    fn = resolve_attr(args.eval, "--eval")
+    if not callable(fn):
+        raise InputError(f"--eval {args.eval}: {type(fn).__name__} is not callable; it must be metric(model) -> "
+                         "float (higher is better)")
+    return fn
+
+
+def _none_or(value, cast):
+    return None if value in (None, "none", "off") else cast(value)
+
+
+def _reconstruct(args) -> bool | str:
+    return {None: defaults.PRUNE_RECONSTRUCT, True: True, False: False}[args.reconstruct]
+
+
+def _smoothquant(value: str):
+    return value if value == "auto" else _none_or(value, float)
+
+
+def _config(args):
     from .compress import CompressConfig
 
-    def none_or(value, cast):
-        return None if value in (None, "none", "off") else cast(value)
-
     return CompressConfig(
-        prune=none_or(args.prune, float), heads=none_or(args.heads, float), importance=args.importance,
-        reconstruct=not args.no_reconstruct,
-        round_to=args.round_to, distill_steps=args.distill, quant=none_or(args.quant, str),
-        onnx=not args.no_onnx, seed=args.seed, **overrides)
+        prune=_none_or(args.prune, float), heads=_none_or(args.heads, float), importance=args.importance,
+        reconstruct=_reconstruct(args), round_to=args.round_to, distill_steps=args.distill,
+        quant=_none_or(args.quant, str), smoothquant=_smoothquant(args.smoothquant), onnx=not args.no_onnx,
+        seed=args.seed, eval_fraction=args.eval_fraction, timing_rounds=args.timing_rounds)
 
 
 def cmd_compress(args) -> int:
     from .compress import compress, print_summary
 
-    result = compress(args.model, _config(args), Path(args.out))
+    config = _config(args)  # bad options fail before a large model loads
+    demo = _load(args.model)
+    data = _data(args, demo)
+    if demo.distill:  # a built-in demo's tuned distillation (steps unless --distill says otherwise)
+        config.distill_options = {k: v for k, v in demo.distill.items() if k != "steps"}
+        if args.distill is None and data is not None:
+            config.distill_steps = demo.distill.get("steps", 0)
+    result = compress(demo.model, demo.args, data=data, eval_fn=_eval_fn(args, demo), example_kwargs=demo.kwargs,
+                      out=Path(args.out), config=config, name=demo.name, description=demo.description)
     print_summary(result)
     return 0 if result.checks.get("reload_exact") else 1
 
@@ -141,10 +192,17 @@ def cmd_prune(args) -> int:
     from .serialize import save
 
     demo = _load(args.model)
+    data = _data(args, demo)
+    importance = defaults.resolve_importance(args.importance, data is not None)
+    reconstruct = defaults.resolve_reconstruct(_reconstruct(args), data is not None)
+    ratio = float(args.ratio)
+    _status(f"pruning {ratio:.0%} (importance {importance}, round_to {args.round_to}, refit "
+            f"{'on' if reconstruct else 'off'}, {len(data) if data else 0} data batches) ...")
     ratios = {"heads": args.heads} if args.heads is not None else None
-    gm = prune(demo.model, demo.args, ratio=args.ratio, importance=args.importance, scope=args.scope,
+    gm = prune(demo.model, demo.args, ratio=ratio, importance=importance, scope=args.scope,
                round_to=args.round_to, ignore=tuple(args.ignore), example_kwargs=demo.kwargs, ratios=ratios,
-               calib=demo.calib_batches or None, reconstruct=args.reconstruct)
+               calib=[b.for_calibration() for b in data[: args.calib_batches]] if data else None,
+               reconstruct=reconstruct)
     print(prune_report(gm).table(limit=None if args.all_rows else 40))
     if args.out:
         print(f"saved to {save(gm, args.out)}")
@@ -152,16 +210,43 @@ def cmd_prune(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from .errors import InputError
     from .quant import last_report, quantize
     from .serialize import save
 
     demo = _load(args.model)
-    gm = quantize(demo.model, demo.args, scheme=args.scheme, calib=demo.calib_batches or None,
+    data = _data(args, demo)
+    if args.scheme == "w8a8" and data is None:
+        raise InputError("--scheme w8a8 calibrates static activation ranges: give --data, or use w8a8-dynamic")
+    gm = quantize(demo.model, demo.args, scheme=args.scheme,
+                  calib=[b.for_calibration() for b in data[: args.calib_batches]] if data else None,
                   example_kwargs=demo.kwargs, observer=args.observer, skip=tuple(args.skip),
-                  max_error=args.max_error, smoothquant=args.smoothquant)
+                  max_error=args.max_error, smoothquant=_smoothquant(args.smoothquant))
     report = last_report(gm)
     if report is not None:
         print(report.table())
+    if args.out:
+        print(f"saved to {save(gm, args.out)}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .distill import distill
+    from .errors import InputError
+    from .serialize import save
+
+    student, teacher = _load(args.model), _load(args.teacher)
+    data = _data(args, student) or _data(args, teacher)
+    if not data:
+        raise InputError("distill needs training batches: give --data package.module:batches or a .npz/.safetensors "
+                         "file")
+    _status(f"distilling {student.description or student.name} from {teacher.description or teacher.name} for "
+            f"{args.steps} steps on {len(data)} batches ...")
+    gm = distill(student.model, teacher.model, [b.for_distill() for b in data], steps=args.steps, lr=args.lr,
+                 temperature=args.temperature, alpha=args.alpha, output_loss=args.output_loss, seed=args.seed)
+    history = getattr(gm, "distill_history", None)
+    if history is not None and history.losses:
+        print(f"loss {history.losses[0]:.4g} -> {history.losses[-1]:.4g} over {len(history.losses)} steps")
     if args.out:
         print(f"saved to {save(gm, args.out)}")
     return 0
@@ -188,7 +273,14 @@ def cmd_bench(args) -> int:
 
         raise InputError(f"benchmark suite {args.suite!r} not found ({exc}); benchmarks ship with the source "
                          "checkout: run from the repository root") from exc
-    return int(module.main(args.rest) or 0)
+    rest = list(args.rest)
+    if not any(a == "--out" or a.startswith("--out=") for a in rest):
+        # committed results under bench/results are only ever replaced on purpose, with an explicit --out
+        scratch = Path(tempfile.gettempdir()) / "slimgraph-bench" / args.suite
+        scratch.mkdir(parents=True, exist_ok=True)
+        _status(f"writing results to the scratch directory {scratch} (pass --out DIR to keep them elsewhere)")
+        rest += ["--out", str(scratch)]
+    return int(module.main(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=60, help="rows to show (default 60)")
     p.set_defaults(func=cmd_inspect)
 
-    from .api import DEFAULT_PIPELINE
+    DEFAULT_PIPELINE = defaults.LOSSLESS_PIPELINE
 
     p = sub.add_parser("optimize", help="run a pass pipeline and write the result",
                        description="Capture MODEL, run PIPELINE with numeric checks after every pass, save.")
@@ -221,20 +313,45 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the registered passes, whether they are lossless, and their options.")
     p.set_defaults(func=cmd_passes)
 
+    def data_options(p, what: str):
+        p.add_argument("--data", metavar="SPEC", help=f"{what}: package.module:batches (callable returning an "
+                       "iterable of batches, or the iterable) or a .npz/.safetensors file of input arrays (first "
+                       "dimension = samples; arrays named after forward()'s parameters, or arg0, arg1, ...)")
+        p.add_argument("--batch-size", type=int, default=8, help="samples per batch when --data is a file "
+                       "(default 8)")
+
+    def prune_options(p, ratio_flag: str, ratio_default):
+        p.add_argument(ratio_flag, default=ratio_default, help=f"fraction of channels/FFN neurons removed per group "
+                       f"(default {ratio_default})")
+        p.add_argument("--importance", default=defaults.PRUNE_IMPORTANCE, help="auto | l1 | l2 | act | bn-scale | "
+                       "taylor | random (default auto: act, activation-aware, with --data; l2 without)")
+        p.add_argument("--round-to", type=int, default=defaults.PRUNE_ROUND_TO, help="round kept widths up to a "
+                       f"multiple (default {defaults.PRUNE_ROUND_TO})")
+        p.add_argument("--reconstruct", dest="reconstruct", action="store_true", default=None, help="refit the "
+                       "layers that lose inputs by least squares on the data (default: on with --data, off without)")
+        p.add_argument("--no-reconstruct", dest="reconstruct", action="store_false", help="never refit")
+
     def compress_options(p):
-        p.add_argument("--prune", default="0.5", help="fraction of channels/FFN neurons removed (default 0.5; "
-                       "'none' to skip pruning)")
-        p.add_argument("--heads", default="0.25", help="fraction of attention heads removed (default 0.25)")
-        p.add_argument("--importance", default="act", help="l1 | l2 | act | bn-scale | taylor | random (default act: "
-                       "activation-aware, from the model's calibration data)")
-        p.add_argument("--round-to", type=int, default=8, help="round kept widths up to a multiple (default 8)")
-        p.add_argument("--no-reconstruct", action="store_true", help="keep the surviving weights as they are "
-                       "instead of refitting the layers that lose inputs by least squares on calibration data")
-        p.add_argument("--distill", type=int, default=None, metavar="STEPS",
-                       help="distillation steps after pruning (default: the model's own setting; 0 = none)")
-        p.add_argument("--quant", default="w8a8-dynamic", help="w8a8 | w8a8-dynamic | w8a16 | none")
-        p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        prune_options(p, "--prune", str(defaults.COMPRESS_PRUNE))
+        p.add_argument("--heads", default=str(defaults.COMPRESS_HEADS), help="fraction of attention heads removed "
+                       f"(default {defaults.COMPRESS_HEADS}; 'none' = same as --prune)")
+        p.add_argument("--distill", type=int, default=None, metavar="STEPS", help="distillation steps after pruning "
+                       "(needs --data; default: a built-in demo's tuned setting, 0 for other models)")
+        p.add_argument("--quant", default=defaults.COMPRESS_QUANT, help="w8a8 | w8a8-dynamic | w8a16 | none "
+                       f"(default {defaults.COMPRESS_QUANT}; w8a8 needs --data)")
+        p.add_argument("--smoothquant", default=defaults.SMOOTHQUANT, help="SmoothQuant alpha, 'auto' (0.5 for "
+                       "w8a8 schemes, off for w8a16) or 'none' (default auto)")
+        p.add_argument("--no-onnx", action="store_true", help="do not export to ONNX")
+        p.add_argument("--seed", type=int, default=defaults.SEED, help=f"random seed (default {defaults.SEED})")
+        data_options(p, "input batches for calibration, importance, refit and distillation (1 in "
+                     f"{round(1 / defaults.EVAL_FRACTION)} held out for evaluation)")
+        p.add_argument("--eval", metavar="package.module:metric", help="your metric: metric(model) -> float, "
+                       "higher is better (default: a demo's own metric; otherwise cosine fidelity to the original "
+                       "on held-out batches)")
+        p.add_argument("--eval-fraction", type=float, default=defaults.EVAL_FRACTION,
+                       help=f"fraction of --data batches held out (default {defaults.EVAL_FRACTION})")
+        p.add_argument("--timing-rounds", type=int, default=defaults.TIMING_ROUNDS,
+                       help=f"interleaved latency rounds (default {defaults.TIMING_ROUNDS})")
 
     p = sub.add_parser("demo", help="the main job end to end on the built-in default model (all-MiniLM-L6-v2)",
                        description="Compress the real all-MiniLM-L6-v2 (prune, distill, quantize, fuse, verify, "
@@ -255,29 +372,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="structured pruning of channels, neurons and heads",
                        description="Prune MODEL and print the per-group report.")
     p.add_argument("model", help=model_help)
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of units removed per group (default 0.5)")
+    prune_options(p, "--ratio", defaults.PRUNE_RATIO)
     p.add_argument("--heads", type=float, default=None, help="separate ratio for attention heads")
-    p.add_argument("--importance", default="l2", help="l1 | l2 | act | bn-scale | taylor | random")
-    p.add_argument("--scope", default="local", help="local | global")
-    p.add_argument("--round-to", type=int, default=8, help="round kept widths up to a multiple (default 8)")
+    p.add_argument("--scope", default=defaults.PRUNE_SCOPE, help="local | global")
     p.add_argument("--ignore", action="append", default=[], help="module (pattern) never to prune; repeatable")
-    p.add_argument("--reconstruct", action="store_true", help="refit the layers that lose inputs (FFN down and "
-                   "attention output projections) by least squares on the model's calibration data")
+    data_options(p, "calibration batches for act/taylor importance and the refit")
+    p.add_argument("--calib-batches", type=int, default=defaults.CALIB_BATCHES, help="batches of --data used "
+                   f"(default {defaults.CALIB_BATCHES})")
     p.add_argument("--all-rows", action="store_true", help="do not truncate the report")
     p.add_argument("--out", help="write the pruned model to this archive file")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("quantize", help="int8 quantization (w8a8, w8a8-dynamic, w8a16)",
-                       description="Quantize MODEL (calibrating on its built-in data when it has any) and print "
-                       "the per-layer report.")
+                       description="Quantize MODEL, calibrating on --data (or a demo's own data), and print the "
+                       "per-layer report.")
     p.add_argument("model", help=model_help)
-    p.add_argument("--scheme", default="w8a8", help="w8a8 | w8a8-dynamic | w8a16 (default w8a8)")
-    p.add_argument("--observer", default="minmax", help="minmax | percentile | mse")
-    p.add_argument("--smoothquant", type=float, default=None, help="SmoothQuant alpha (off by default)")
+    p.add_argument("--scheme", default=defaults.QUANT_SCHEME, help="w8a8 | w8a8-dynamic | w8a16 (default "
+                   f"{defaults.QUANT_SCHEME}; w8a8 needs --data)")
+    p.add_argument("--observer", default=defaults.QUANT_OBSERVER, help="minmax | percentile | mse")
+    p.add_argument("--smoothquant", default=defaults.SMOOTHQUANT, help="SmoothQuant alpha, 'auto' or 'none' "
+                   "(default auto: 0.5 for w8a8 schemes, off for w8a16)")
     p.add_argument("--skip", action="append", default=[], help="layer pattern kept in float; repeatable")
     p.add_argument("--max-error", type=float, default=None, help="relative output error budget")
+    data_options(p, "calibration batches")
+    p.add_argument("--calib-batches", type=int, default=defaults.CALIB_BATCHES, help="batches of --data used "
+                   f"(default {defaults.CALIB_BATCHES})")
     p.add_argument("--out", help="write the quantized model to this archive file")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("distill", help="knowledge distillation of MODEL from --teacher on --data",
+                       description="Train MODEL (e.g. a pruned archive) to match --teacher on --data batches.")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--teacher", required=True, help="the teacher: " + model_help)
+    data_options(p, "training batches (required; default: the model's own when it is a built-in demo)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default 2.0)")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the KD term against a labelled task loss")
+    p.add_argument("--output-loss", default="kl", help="kl | mse | cosine (default kl)")
+    p.add_argument("--seed", type=int, default=defaults.SEED)
+    p.add_argument("--out", help="write the distilled model to this archive file")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("export", help="export to ONNX (QDQ for quantized models)",
                        description="Export MODEL (or a saved archive) to ONNX.")

@@ -1,58 +1,79 @@
-"""The main job: compress a model end to end and report what it gained.
+"""The main job: compress the user's model on the user's data, judged by the user's metric, and report it.
 
-    slimgraph compress minilm --prune 0.5 --heads 0.25 --distill 300 --quant w8a8-dynamic --out out/
+    res = sg.compress(model, example_inputs, data=batches, eval_fn=metric, out="out/")
+    slimgraph compress mymod:factory --data mymod:batches --eval mymod:metric --out out/
     slimgraph demo            # the same on the built-in default (all-MiniLM-L6-v2), into ./slimgraph-demo
 
-Stages, each measured (parameters, bytes, MACs, CPU latency, the model's task metric, time taken):
+Stages, each measured (parameters, bytes, MACs, the metric, time taken; latency of all stages in one
+interleaved timing run at the end, see :mod:`slimgraph.timing`):
 
 1. ``original``: the model as given (captured once for its MACs);
 2. ``pruned``: structured pruning (channels / FFN neurons at ``prune``, attention heads at ``heads``), the
-   layers that lose inputs refit by least squares on calibration data (``reconstruct``);
-3. ``distilled``: knowledge distillation from the original on the demo's training data;
-4. ``quantized``: fold BN, fuse epilogues, int8 rewrite (``quant`` scheme, calibrated on training data);
-5. ``final``: verified (IR invariants, output shapes, outputs vs the original), saved without pickle, and
-   exported to ONNX.
+   layers that lose inputs refit by least squares on the training batches (``reconstruct``);
+3. ``distilled``: knowledge distillation from the original on the training batches (``distill_steps``);
+4. ``quantized``: fold BN, fuse epilogues, int8 rewrite (``quant`` scheme, calibrated on training batches);
+5. verified (IR invariants, output shapes, outputs vs the original), saved without pickle, exported to ONNX.
 
-Writes ``report.md``, ``report.json``, ``layers.png`` (per-layer parameters and MACs before vs after) and
-``tradeoff.png`` (task metric against size and latency per stage), the saved model and the ONNX file. Runs
-are deterministic given ``seed``.
+``data`` is split once, deterministically (:func:`slimgraph.data.batches.split_batches`): held-out batches
+measure fidelity to the original and are never calibrated, scored, refit or trained on. ``eval_fn(model) ->
+float`` (higher is better) is the user's metric, evaluated on every stage; without it the metric is the mean
+cosine similarity of each held-out sample's outputs to the original's. A step that cannot run as asked stops
+with an :class:`InputError` before any work, or runs a documented fallback that is printed and reported
+(:attr:`CompressResult.fallbacks`).
 """
 
 from __future__ import annotations
 
-import json
-import platform
+import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
+from . import defaults
+from .data.batches import Batch, DataSplit, as_batches, split_batches
 from .errors import InputError
+from .timing import Ratio, Timing, TimingRun
+
+FIDELITY = "heldout_cosine"  # the metric's name when the user gives no eval_fn
 
 
 @dataclass
 class CompressConfig:
-    prune: float | None = 0.5  # fraction of channels / FFN neurons removed per group; None = no pruning
-    heads: float | None = 0.25  # fraction of attention heads removed; None = same as ``prune``
-    importance: str = "act"  # activation-aware: uses the model's calibration data
-    reconstruct: bool = True  # least-squares refit of the layers that lose inputs, on the calibration data
-    round_to: int = 8
-    distill_steps: int | None = None  # None: the demo's default; 0 = no distillation
-    quant: str | None = "w8a8-dynamic"  # None = stay in float
-    onnx: bool = True
-    seed: int = 0
-    latency_iters: int = 20
+    """Every setting of the main job; the report lists them with the values they resolved to."""
+
+    prune: float | None = defaults.COMPRESS_PRUNE  # fraction of channels / FFN neurons removed; None = no pruning
+    heads: float | None = defaults.COMPRESS_HEADS  # fraction of attention heads removed; None = same as ``prune``
+    importance: str = defaults.PRUNE_IMPORTANCE  # "auto": act with data, l2 without (slimgraph.defaults)
+    reconstruct: bool | str = defaults.PRUNE_RECONSTRUCT  # "auto": on with data
+    round_to: int = defaults.PRUNE_ROUND_TO
+    distill_steps: int | None = defaults.COMPRESS_DISTILL_STEPS  # None: the built-in demo's setting, else 0
+    distill_options: dict = field(default_factory=dict)  # sg.distill keywords (lr, output_loss, temperature, ...)
+    quant: str | None = defaults.COMPRESS_QUANT  # None = stay in float
+    smoothquant: float | str | None = defaults.SMOOTHQUANT
+    onnx: bool = defaults.COMPRESS_ONNX
+    seed: int = defaults.SEED
+    eval_fraction: float = defaults.EVAL_FRACTION
+    calib_batches: int = defaults.CALIB_BATCHES
+    timing_rounds: int = defaults.TIMING_ROUNDS
 
     def __post_init__(self):
         if self.prune is not None and not 0.0 <= self.prune < 1.0:
-            raise InputError(f"--prune must be in [0, 1), got {self.prune}")
+            raise InputError(f"prune must be in [0, 1) (fraction of units removed per group), got {self.prune}")
         if self.heads is not None and not 0.0 <= self.heads < 1.0:
-            raise InputError(f"--heads must be in [0, 1), got {self.heads}")
-        if self.quant not in (None, "w8a8", "w8a8-dynamic", "w8a16"):
-            raise InputError(f"--quant must be w8a8, w8a8-dynamic, w8a16 or none, got {self.quant!r}")
+            raise InputError(f"heads must be in [0, 1) (fraction of attention heads removed), got {self.heads}")
+        if self.quant not in (None, *defaults.QUANT_SCHEMES):
+            raise InputError(f"quant must be one of {', '.join(defaults.QUANT_SCHEMES)} or None, got {self.quant!r}")
+        if self.distill_steps is not None and self.distill_steps < 0:
+            raise InputError(f"distill_steps must be >= 0, got {self.distill_steps}")
+        if self.calib_batches < 1 or self.timing_rounds < 1:
+            raise InputError("calib_batches and timing_rounds must be >= 1")
 
 
 @dataclass
@@ -61,10 +82,17 @@ class Stage:
     params: int
     bytes: int
     macs: int
-    latency_ms: float
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     note: str = ""
+    latency: Timing | None = None
+    vs_original: Ratio | None = None
+    vs_previous: Ratio | None = None
+    module: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency.median_ms if self.latency else math.nan
 
 
 @dataclass
@@ -74,211 +102,390 @@ class CompressResult:
     config: CompressConfig
     stages: list[Stage]
     final: fx.GraphModule
-    out_dir: Path
+    out_dir: Path | None
     files: dict[str, str] = field(default_factory=dict)
     checks: dict[str, object] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)  # every effective setting, resolved
+    metric: str = FIDELITY  # the headline metric's name
+    metric_source: str = ""  # what the headline metric is, in words
+    data: str = ""  # how the data was split
+    fallbacks: list[str] = field(default_factory=list)  # steps that ran differently from what was asked, and why
+    not_pruned: list[tuple[str, str, str]] = field(default_factory=list)  # (group, status, reason)
+    timing: TimingRun | None = None
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
+    """Line-based progress on stderr: one line per step, readable in a terminal and in a CI log alike."""
     print(f"[slimgraph] {msg}", file=sys.stderr, flush=True)
 
 
-def _measure(name, model, demo, graph, seconds, iters, note="") -> Stage:
-    from .measure import latency_ms
-    from .report import totals
+def compress(
+    model: nn.Module,
+    example_inputs: tuple | None = None,
+    *,
+    data: Iterable | None = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    prune: float | None = defaults.COMPRESS_PRUNE,
+    heads: float | None = defaults.COMPRESS_HEADS,
+    quant: str | None = defaults.COMPRESS_QUANT,
+    distill_steps: int | None = defaults.COMPRESS_DISTILL_STEPS,
+    out: str | Path | None = None,
+    example_kwargs: dict | None = None,
+    config: CompressConfig | None = None,
+    name: str | None = None,
+    description: str = "",
+    **options,
+) -> CompressResult:
+    """Prune, distill, quantize, verify and export ``model``; every stage measured; returns a CompressResult.
 
-    t = totals(graph)
-    metrics = demo.evaluate(model) if demo.evaluate is not None else {}
-    lat = latency_ms(model, demo.args, demo.kwargs, iters=iters)
-    return Stage(name, t.params, t.bytes, t.macs, lat, metrics, seconds, note)
+    Args:
+        example_inputs: a tuple of positional inputs (default: the first batch of ``data``).
+        data: an iterable of batches (tensors, tuples, ``(args, kwargs)`` pairs or sg.distill dicts), split into
+            training and held-out batches (``eval_fraction``, default 1/4).
+        eval_fn: ``eval_fn(model) -> float``, higher is better (or a dict of named floats); evaluated on the
+            original and on every stage.
+        prune, heads, quant, distill_steps: see :class:`CompressConfig`; ``options`` are its other fields
+            (``importance``, ``reconstruct``, ``round_to``, ``distill_options``, ``smoothquant``, ``onnx``,
+            ``seed``, ``eval_fraction``, ``calib_batches``, ``timing_rounds``).
+        out: directory for report.md/json, plots, the saved model and the ONNX file (None: nothing written).
+        config: a complete CompressConfig instead of the keywords.
+
+    The caller's model is never modified.
+    """
+    if config is None:
+        unknown = set(options) - set(CompressConfig.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"compress() got unknown option(s) {sorted(unknown)}; known: "
+                             f"{sorted(CompressConfig.__dataclass_fields__)}")
+        config = CompressConfig(prune=prune, heads=heads, quant=quant, distill_steps=distill_steps, **options)
+    elif options:
+        raise InputError("compress(): pass either config= or keyword options, not both")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"compress() needs an nn.Module, got {type(model).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise InputError(f"eval_fn must be callable (model -> float), got {type(eval_fn).__name__}")
+    batches = as_batches(data) if data is not None else None
+    if example_inputs is None:
+        if not batches:
+            raise InputError("compress() needs example_inputs, or data to take the first batch from")
+        example_inputs, example_kwargs = batches[0].args, {**batches[0].kwargs, **(example_kwargs or {})}
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    with warnings.catch_warnings():
+        # torch's own pytree deprecation, raised from inside copy.deepcopy of its tree specs: not the user's
+        # business, and a stray line in every compress log
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        return _run(model, args, dict(example_kwargs or {}), batches, eval_fn, config,
+                    Path(out) if out is not None else None, name or type(model).__name__,
+                    description or f"{type(model).__name__} ({sum(p.numel() for p in model.parameters())} "
+                    "parameters)")
 
 
-def compress(model: str, config: CompressConfig | None = None, out_dir: str | Path = "slimgraph-out") -> CompressResult:
-    """Run the main job on ``model`` (a demo name, ``package.module:factory`` or a saved archive)."""
-    from .demos import load_model
-    from .distill import distill
+def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | None, eval_fn, config: CompressConfig,
+         out: Path | None, name: str, description: str) -> CompressResult:
     from .ir.capture import capture
-    from .numerics import compare_outputs, run_module
-    from .prune import prune, prune_report
-    from .serialize import load, save
 
-    config = config or CompressConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
     wall = time.perf_counter()
-    _say(f"loading {model} ...")
-    demo = load_model(model)
-    _say(demo.description)
+    torch.manual_seed(config.seed)
+    split = split_batches(batches, config.eval_fraction) if batches is not None else None
+    fallbacks: list[str] = []
+    settings = _resolve(config, split, fallbacks)  # every refusal happens here, before any work
+    if split is not None:
+        say(f"data: {split.describe()}")
 
     start = time.perf_counter()
-    original_graph = capture(demo.model, demo.args, demo.kwargs)
-    _say(f"captured in {time.perf_counter() - start:.2f} s; measuring the original model ...")
-    stages = [_measure("original", demo.model, demo, original_graph, time.perf_counter() - start,
-                       config.latency_iters)]
+    say("capturing the original model ...")
+    original_graph = capture(model, args, kwargs)
+    calib = _calibration(settings, split, original_graph, args, fallbacks, asked=config.reconstruct is True)
+    for line in fallbacks:
+        say(f"fallback: {line}")
+    evaluator = _Evaluator(eval_fn, original_graph, split, args, kwargs)
+    result = CompressResult(name, description, config, [], original_graph, out, settings=settings,
+                            metric=evaluator.headline, metric_source=evaluator.source,
+                            data=split.describe() if split else "no data given: nothing held out", fallbacks=fallbacks)
+    say(f"evaluating the original ({evaluator.source}) ...")
+    result.stages.append(_stage("original", model, original_graph, evaluator, time.perf_counter() - start))
     current: fx.GraphModule = original_graph
 
-    if config.prune:
-        heads = config.heads if config.heads is not None else config.prune
-        _say(f"pruning {config.prune:.0%} of channels/neurons and {heads:.0%} of attention heads ...")
-        start = time.perf_counter()
-        ratios = {"heads": config.heads} if config.heads is not None else None
-        current = prune(current, demo.args, ratio=config.prune, importance=config.importance,
-                        round_to=config.round_to, example_kwargs=demo.kwargs, ratios=ratios, seed=config.seed,
-                        calib=demo.calib_batches or None, reconstruct=config.reconstruct)
-        report = prune_report(current)
-        note = f"{len(report.pruned)} of {len(report.groups)} groups pruned"
-        if report.reconstructed:
-            note += f", {len(report.reconstructed)} layers refit by least squares"
-        stages.append(_measure("pruned", current, demo, current, time.perf_counter() - start, config.latency_iters,
-                               note))
+    if settings["prune"]:
+        current = _prune_stage(result, current, args, kwargs, calib, evaluator)
+        if settings["distill_steps"]:
+            from .distill import distill
 
-        steps = demo.distill.get("steps", 0) if config.distill_steps is None else config.distill_steps
-        if steps and demo.train_batches:
-            _say(f"distilling from the original for {steps} steps ...")
+            steps = settings["distill_steps"]
+            say(f"distilling from the original for {steps} steps on {len(split.train)} training batches ...")
             start = time.perf_counter()
-            settings = {k: v for k, v in demo.distill.items() if k != "steps"}
-            current = distill(current, demo.model, demo.train_batches, steps=steps, seed=config.seed, **settings)
-            stages.append(_measure("distilled", current, demo, current, time.perf_counter() - start,
-                                   config.latency_iters, f"{steps} steps, {settings}"))
+            current = distill(current, model, [b.for_distill() for b in split.train], steps=steps, seed=config.seed,
+                              **config.distill_options)
+            result.stages.append(_stage("distilled", current, current, evaluator, time.perf_counter() - start,
+                                        f"{steps} steps on {len(split.train)} training batches"))
 
-    if config.quant:
-        from .quant import quantize
+    if settings["quant"]:
+        from .quant import last_report, quantize
 
-        _say(f"quantizing ({config.quant}) ...")
+        say(f"quantizing ({settings['quant']}, SmoothQuant {settings['smoothquant']}) ...")
         start = time.perf_counter()
-        current = quantize(current, demo.args, scheme=config.quant, calib=demo.calib_batches or None,
-                           example_kwargs=demo.kwargs)
-        stages.append(_measure("quantized", current, demo, current, time.perf_counter() - start,
-                               config.latency_iters))
-    elif not config.prune:
+        current = quantize(current, args, scheme=settings["quant"], calib=[b.for_calibration() for b in calib] or None,
+                           example_kwargs=kwargs, smoothquant=settings["smoothquant"])
+        report = last_report(current)
+        note = f"{len(report.quantized)} layers int8" if report is not None else ""
+        result.stages.append(_stage("quantized", current, current, evaluator, time.perf_counter() - start, note))
+    elif not settings["prune"]:
         from .passes.manager import PassManager
 
-        current = PassManager("fold-constants,fold-bn,fuse,dce", check_numerics=True).run(current).gm
+        current = PassManager(defaults.LOSSLESS_PIPELINE, check_numerics=True).run(current).gm
 
-    _say("verifying and exporting ...")
-    from .ir.verify import verify
-
-    verify(current)
-    final_out, original_out = run_module(current, demo.args, demo.kwargs), run_module(demo.model, demo.args,
-                                                                                      demo.kwargs)
-    fidelity = compare_outputs(final_out, original_out)  # raises if output shapes changed
-    files = {"model": str(save(current, out / "model.slimgraph"))}
-    reload_exact = compare_outputs(run_module(load(files["model"]), demo.args, demo.kwargs), final_out).exact
-    checks: dict[str, object] = {"ir_verified": True, "output_shapes_unchanged": True,
-                                 "final_vs_original": str(fidelity), "reload_exact": reload_exact}
-    if config.onnx:
-        try:
-            from .onnx_export import export_onnx
-
-            files["onnx"] = str(export_onnx(current, demo.args, out / "model.onnx", example_kwargs=demo.kwargs))
-        except Exception as exc:  # noqa: BLE001 - the report says why; the saved model is still there
-            checks["onnx_error"] = f"{type(exc).__name__}: {exc}"
-            _say(f"ONNX export failed: {exc}")
-    result = CompressResult(model, demo.description, config, stages, current, out, files, checks)
+    result.final = current
+    _time_stages(result, args, kwargs, config.timing_rounds)
+    _verify_and_save(result, model, args, kwargs)
     result.checks["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    write_report(result, original_graph)
+    if out is not None:
+        from .compress_report import write_report
+
+        write_report(result, original_graph)
     return result
 
 
-# ----------------------------------------------------------------------------------------------- report
-
-
-def write_report(result: CompressResult, original: fx.GraphModule) -> None:
-    from .report import format_table, human, inspect_table
-
-    out = result.out_dir
-    metrics = sorted({k for s in result.stages for k in s.metrics})
-    base = result.stages[0]
-    rows = []
-    for s in result.stages:
-        rows.append([s.name, human(s.params), human(s.bytes, "B"), f"{base.bytes / max(s.bytes, 1):.2f}x",
-                     human(s.macs), f"{s.latency_ms:.1f}", f"{base.latency_ms / max(s.latency_ms, 1e-9):.2f}x",
-                     *(f"{s.metrics.get(k, float('nan')):.4f}" for k in metrics), f"{s.seconds:.1f}"])
-    summary = format_table(["stage", "params", "size", "smaller", "MACs", "CPU ms", "faster", *metrics, "took s"],
-                           rows, align_right=set(range(1, 8 + len(metrics))))
-    result.checks["summary_table"] = summary
-    _plots(result, original, metrics)
-    meta = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "cuda": torch.cuda.is_available()}
-    report = {
-        "model": result.model, "description": result.description, "config": asdict(result.config),
-        "machine": meta, "stages": [asdict(s) for s in result.stages], "files": result.files,
-        "checks": {k: v for k, v in result.checks.items() if k != "summary_table"},
+def _resolve(config: CompressConfig, split: DataSplit | None, fallbacks: list[str]) -> dict[str, object]:
+    """The effective value of every setting; raises before any work for a step that cannot run as asked."""
+    has_data = split is not None
+    prune = config.prune or None
+    heads = config.heads if config.heads is not None else prune
+    importance = defaults.resolve_importance(config.importance, has_data)
+    reconstruct = defaults.resolve_reconstruct(config.reconstruct, has_data) and bool(prune)
+    if config.reconstruct is True and not has_data:
+        raise InputError("reconstruct=True refits the layers that lose inputs by least squares on calibration "
+                         "data, and no data was given: pass data= (--data) or reconstruct=False")
+    if prune and importance in ("act", "taylor") and not has_data:
+        fallbacks.append(f"importance {importance!r} scored on the example inputs only (no data given)")
+    steps = config.distill_steps or 0
+    if steps and not has_data:
+        raise InputError(f"distill_steps={steps} needs training batches and no data was given: pass data= "
+                         "(--data) or distill_steps=0")
+    if steps and not prune:
+        raise InputError(f"distill_steps={steps}: distillation recovers what pruning cost, and pruning is off; "
+                         "set prune or distill_steps=0")
+    if config.quant == "w8a8" and not has_data:
+        raise InputError("quant='w8a8' calibrates static activation ranges and no data was given: pass data= "
+                         "(--data) or use 'w8a8-dynamic' (per-token scales at run time, no calibration)")
+    return {
+        "prune": prune, "heads": heads if prune else None, "importance": importance if prune else None,
+        "round_to": config.round_to, "reconstruct": reconstruct, "distill_steps": steps,
+        "distill_options": dict(config.distill_options), "quant": config.quant,
+        "smoothquant": defaults.resolve_smoothquant(config.smoothquant, config.quant) if config.quant else None,
+        "onnx": config.onnx, "seed": config.seed, "eval_fraction": config.eval_fraction if has_data else None,
+        "calib_batches": config.calib_batches if has_data else None, "timing_rounds": config.timing_rounds,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    md = [
-        f"# slimgraph compress: {result.model}", "", result.description, "",
-        f"Config: `{asdict(result.config)}`.  ",
-        f"torch {meta['torch']}, {meta['threads']} CPU threads, CUDA: {meta['cuda']}. Every number below comes "
-        f"from this run ({result.checks.get('wall_seconds')} s).", "",
-        "## Stages", "", "```", summary, "```", "",
-        "![task metric vs size and latency](tradeoff.png)", "",
-        "## Checks", "",
-        *(f"- {k}: {v}" for k, v in result.checks.items() if k not in ("summary_table",)), "",
-        "## Files", "", *(f"- {k}: `{Path(v).name}`" for k, v in result.files.items()), "",
-        "## Layers: before vs after", "", "![per-layer params and MACs](layers.png)", "",
-        "### Final model", "", "```", inspect_table(result.final, limit=50), "```", "",
-    ]
-    (out / "report.md").write_text("\n".join(md))
 
 
-def _layer_costs(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
-    from .report import layer_rows
+def _calibration(settings: dict, split: DataSplit | None, graph: fx.GraphModule, args: tuple,
+                 fallbacks: list[str], *, asked: bool) -> list[Batch]:
+    """The training batches used for calibration, importance and the refit: ``calib_batches`` of them, or as
+    many as the refit needs rows for (each refit layer needs as many rows as it keeps inputs, plus its bias)."""
+    if split is None:
+        return []
+    count = min(settings["calib_batches"], len(split.train))
+    if settings["reconstruct"]:
+        needs = _refit_needs(graph, args, min(settings["prune"], settings["heads"]), settings["round_to"])
+        if needs:
+            layer, need, per_sample = max(needs, key=lambda n: n[1] / n[2])
+            have = 0.0
+            for count, batch in enumerate(split.train, start=1):
+                have += batch.samples() * per_sample
+                if have >= need and count >= min(settings["calib_batches"], len(split.train)):
+                    break
+            if have < need:
+                msg = (f"the least-squares refit needs about {need} calibration rows at {layer} (kept inputs + "
+                       f"bias) and the {len(split.train)} training batches give {have:.0f}")
+                if asked:
+                    raise InputError(f"{msg}: give more data or reconstruct=False")
+                settings["reconstruct"] = False
+                fallbacks.append(f"{msg}; pruned without the refit (surviving weights kept as they are)")
+    settings["calib_batches"] = count
+    return split.train[:count]
 
-    costs: dict[str, tuple[int, int]] = {}
-    for r in layer_rows(gm):
-        if r.macs:
-            p, m = costs.get(r.module, (0, 0))
-            costs[r.module] = (p + r.params, m + r.macs)
-    return costs
+
+def _refit_needs(graph: fx.GraphModule, args: tuple, ratio: float, round_to: int) -> list[tuple[str, int, float]]:
+    """(layer, rows needed, rows per input sample) for every linear layer the refit may touch; an estimate from
+    the captured shapes, assuming the layer keeps the most inputs pruning at ``ratio`` can leave it."""
+    from .ir.graph_utils import op_name
+    from .ir.info import node_info
+
+    first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim()), None)
+    samples = int(first.shape[0]) if first is not None else 1
+    needs = []
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or op_name(node.target) != "aten.linear":
+            continue
+        source = node.args[0]
+        info = node_info(source) if isinstance(source, fx.Node) else None
+        if source.op == "placeholder" or info is None or info.spec is None or not info.spec.shape:
+            continue  # a model input is never pruned: its consumer has nothing to refit
+        shape = [int(d) for d in info.spec.shape]
+        k = shape[-1]
+        kept = min(k, -(-(k - math.floor(k * ratio)) // round_to) * round_to)
+        bias = len(node.args) > 2 and node.args[2] is not None
+        needs.append((node_info(node).module or node.name, kept + int(bias), math.prod(shape[:-1]) / samples))
+    return needs
 
 
-def _plots(result: CompressResult, original: fx.GraphModule, metrics: list[str]) -> None:
-    import matplotlib
+class _Evaluator:
+    """The metrics of one stage: the user's ``eval_fn`` when given, and always fidelity to the original on the
+    held-out batches (or, without data, on the example inputs)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, eval_fn, original: fx.GraphModule, split: DataSplit | None, args: tuple, kwargs: dict):
+        self.eval_fn = eval_fn
+        self.batches = [(b.args, b.kwargs) for b in split.eval] if split is not None else [(args, kwargs)]
+        self.reference = [_flat_outputs(original, a, k) for a, k in self.batches]
+        where = (f"the {len(self.batches)} held-out batches" if split is not None
+                 else "the example inputs (no data given)")
+        self.fidelity = (f"{FIDELITY}: mean over samples of the cosine similarity between the stage's outputs and "
+                         f"the original's on {where}; {FIDELITY}_min: the worst sample")
+        name = getattr(eval_fn, "__name__", "metric") if eval_fn is not None else FIDELITY
+        self.user_name = "metric" if name.startswith("<") else name
+        self.headline = self.user_name if eval_fn is not None else FIDELITY
+        self.source = (f"{self.headline}: the user's eval_fn, evaluated on each stage (higher is better)"
+                       if eval_fn is not None
+                       else self.fidelity)
 
-    before, after = _layer_costs(original), _layer_costs(result.final)
-    names = sorted(before, key=lambda n: -before[n][1])[:30]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
-    x = range(len(names))
-    for ax, idx, label in ((axes[0], 0, "parameters"), (axes[1], 1, "MACs")):
-        ax.bar([i - 0.2 for i in x], [before[n][idx] for n in names], width=0.4, label="original")
-        ax.bar([i + 0.2 for i in x], [after.get(n, (0, 0))[idx] for n in names], width=0.4, label="compressed")
-        ax.set_ylabel(label)
-        ax.legend()
-    axes[1].set_xticks(list(x))
-    axes[1].set_xticklabels([n.replace("encoder.", "")[-28:] for n in names], rotation=80, fontsize=7)
-    fig.suptitle(f"{result.model}: per-layer parameters and MACs (30 largest layers)")
-    fig.tight_layout()
-    fig.savefig(result.out_dir / "layers.png", dpi=110)
-    plt.close(fig)
+    def __call__(self, stage: str, module: nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.eval_fn is not None:
+            metrics.update(self._user(stage, module))
+        cos = torch.cat([_per_sample_cosine(_flat_outputs(module, a, k), ref)
+                         for (a, k), ref in zip(self.batches, self.reference)])
+        metrics[FIDELITY] = cos.mean().item()
+        metrics[f"{FIDELITY}_min"] = cos.min().item()
+        return metrics
 
-    metric = metrics[0] if metrics else None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, attr, label in ((axes[0], "bytes", "size (MB)"), (axes[1], "latency_ms", "CPU latency (ms)")):
-        xs = [getattr(s, attr) / (1e6 if attr == "bytes" else 1) for s in result.stages]
-        ys = [s.metrics.get(metric, float("nan")) if metric else 0 for s in result.stages]
-        ax.plot(xs, ys, "o-")
-        for s, xv, yv in zip(result.stages, xs, ys):
-            ax.annotate(s.name, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel(metric or "")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{result.model}: {metric or 'metric'} per stage")
-    fig.tight_layout()
-    fig.savefig(result.out_dir / "tradeoff.png", dpi=110)
-    plt.close(fig)
+    def _user(self, stage: str, module: nn.Module) -> dict[str, float]:
+        try:
+            value = self.eval_fn(module)
+        except Exception as exc:  # noqa: BLE001 - the user's code: name the stage and what it raised
+            raise InputError(f"eval_fn raised on the {stage} model: {type(exc).__name__}: {exc}") from exc
+        if isinstance(value, dict):
+            values = value
+        elif isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            values = {self.user_name: value}
+        else:
+            raise InputError(f"eval_fn must return a float (higher is better) or a dict of floats; on the {stage} "
+                             f"model it returned a {type(value).__name__}")
+        return {str(k): float(v) for k, v in values.items()}
+
+
+def _flat_outputs(module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The floating outputs of one batch as [samples, features] (one row when outputs have no common batch dim)."""
+    import torch.utils._pytree as pytree
+
+    with torch.no_grad():
+        out = module(*args, **kwargs)
+    leaves = [t.detach().double() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)
+              and t.is_floating_point()]
+    if not leaves:
+        raise InputError(f"{type(module).__name__} returns no floating-point tensor to compare")
+    n = leaves[0].shape[0] if leaves[0].dim() else 1
+    if all(t.dim() and t.shape[0] == n for t in leaves):
+        return torch.cat([t.reshape(n, -1) for t in leaves], dim=1)
+    return torch.cat([t.reshape(1, -1) for t in leaves], dim=1)
+
+
+def _per_sample_cosine(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, ref, dim=1, eps=1e-30)
+
+
+def _stage(name: str, module: nn.Module, graph: fx.GraphModule, evaluator: _Evaluator, seconds: float,
+           note: str = "") -> Stage:
+    from .ir.capture import _eval_mode
+    from .report import totals
+
+    t = totals(graph)
+    with _eval_mode(module):
+        metrics = evaluator(name, module)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    say(f"{name}: {t.params} parameters, {t.macs} MACs; {shown}; {seconds:.1f} s")
+    return Stage(name, t.params, t.bytes, t.macs, metrics, seconds, note, module=module)
+
+
+def _prune_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, calib, evaluator) -> fx.GraphModule:
+    from .prune import prune, prune_report
+
+    s = result.settings
+    say(f"pruning {s['prune']:.0%} of channels/neurons and {s['heads']:.0%} of attention heads "
+        f"(importance {s['importance']}, round_to {s['round_to']}, refit {'on' if s['reconstruct'] else 'off'}) ...")
+    start = time.perf_counter()
+    pruned = prune(graph, args, ratio=s["prune"], importance=s["importance"], round_to=s["round_to"],
+                   example_kwargs=kwargs, ratios={"heads": s["heads"]}, seed=s["seed"],
+                   calib=[b.for_calibration() for b in calib] or None, reconstruct=s["reconstruct"])
+    report = prune_report(pruned)
+    note = f"{len(report.pruned)} of {len(report.groups)} groups pruned"
+    if report.reconstructed:
+        note += f", {len(report.reconstructed)} layers refit by least squares"
+    result.not_pruned = [(g.name, g.status, g.reason) for g in report.groups if g.status != "pruned"]
+    for line in report.notes:
+        if "skipped" in line:  # a refit the data could not support: the layer kept its sliced weights
+            result.fallbacks.append(line)
+            say(f"fallback: {line}")
+    result.stages.append(_stage("pruned", pruned, pruned, evaluator, time.perf_counter() - start, note))
+    return pruned
+
+
+def _time_stages(result: CompressResult, args: tuple, kwargs: dict, rounds: int) -> None:
+    """All stages in one interleaved run, so their ratios share the same machine conditions."""
+    from contextlib import ExitStack
+
+    from .ir.capture import _eval_mode
+    from .timing import speedup, time_models
+
+    say(f"timing {len(result.stages)} stages interleaved ({rounds} rounds) ...")
+    with ExitStack() as stack:
+        for s in result.stages:
+            stack.enter_context(_eval_mode(s.module))
+        run = time_models({s.name: s.module for s in result.stages}, args, kwargs, rounds=rounds,
+                          min_rounds=min(rounds, defaults.TIMING_MIN_ROUNDS))
+    result.timing = run
+    for i, s in enumerate(result.stages):
+        s.latency = run[s.name]
+        if i:
+            s.vs_original = speedup(run[result.stages[0].name], s.latency)
+            s.vs_previous = speedup(run[result.stages[i - 1].name], s.latency)
+    say(run.conditions())
+
+
+def _verify_and_save(result: CompressResult, model: nn.Module, args: tuple, kwargs: dict) -> None:
+    from .ir.verify import verify
+    from .numerics import compare_outputs, run_module
+
+    say("verifying" + (" and exporting ..." if result.out_dir else " ..."))
+    verify(result.final)
+    final_out = run_module(result.final, args, kwargs)
+    fidelity = compare_outputs(final_out, run_module(result.stages[0].module, args, kwargs))  # raises on shapes
+    result.checks.update({"ir_verified": True, "output_shapes_unchanged": True,
+                          "final_vs_original (example inputs)": str(fidelity)})
+    if result.out_dir is None:
+        return
+    from .serialize import load, save
+
+    result.out_dir.mkdir(parents=True, exist_ok=True)
+    result.files["model"] = str(save(result.final, result.out_dir / "model.slimgraph"))
+    reload = run_module(load(result.files["model"]), args, kwargs)
+    result.checks["reload_exact"] = compare_outputs(reload, final_out).exact
+    if result.settings["onnx"]:
+        try:
+            from .onnx_export import export_onnx
+
+            result.files["onnx"] = str(export_onnx(result.final, args, result.out_dir / "model.onnx",
+                                                   example_kwargs=kwargs))
+        except Exception as exc:  # noqa: BLE001 - reported as a failed step; the saved model is still there
+            result.fallbacks.append(f"ONNX export failed ({type(exc).__name__}: {exc}); the saved model is complete")
+            say(f"fallback: ONNX export failed: {exc}")
 
 
 def print_summary(result: CompressResult) -> None:
-    print(result.checks["summary_table"])
-    print()
-    for k, v in result.checks.items():
-        if k != "summary_table":
-            print(f"{k}: {v}")
-    for k, v in result.files.items():
-        print(f"{k}: {v}")
-    print(f"report: {result.out_dir / 'report.md'}")
+    from .compress_report import summary_text
+
+    print(summary_text(result))
+
+
+__all__ = ["CompressConfig", "CompressResult", "Stage", "compress", "print_summary"]

@@ -61,8 +61,7 @@ SEED = 0
 # ------------------------------------------------------------------------------------------------ data split
 
 EVAL_FRACTION = 0.25  # of the user's batches, held out for evaluation and never trained or calibrated on
-MIN_EVAL_BATCHES = 1
-MIN_TRAIN_BATCHES = 1
+CALIB_BATCHES = 8  # training batches for quantization ranges and importance (more when the refit needs rows)
 
 # ------------------------------------------------------------------------------------------------ timing
 

@@ -30,7 +30,8 @@ def test_top_level_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("inspect", "optimize", "passes", "demo", "compress", "prune", "quantize", "export", "bench"):
+    for command in ("inspect", "optimize", "passes", "demo", "compress", "prune", "quantize", "distill", "export",
+                    "bench"):
         assert command in out
 
 
@@ -62,7 +63,7 @@ def test_passes_lists_options(capsys):
 @pytest.mark.parametrize("args, message", [
     (["inspect", "nosuchdemo"], "unknown model"),
     (["inspect", "no_such_module_xyz:f"], "cannot import"),
-    (["inspect", "slimgraph.testing.models:nope"], "has no callable"),
+    (["inspect", "slimgraph.testing.models:nope"], "has no attribute 'nope'"),
     (["optimize", FACTORY, "--pipeline", "bogus"], "unknown pass 'bogus'"),
 ])
 def test_bad_input_gets_one_clear_line(args, message, capsys):
@@ -81,14 +82,16 @@ def test_console_script_entry_point_runs():
 
 def test_demo_runs_the_main_job_and_writes_the_report(tmp_path, cache_dir, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "digits-cnn", "--out", str(out), "--prune", "0.5", "--distill", "40", "--quant", "w8a8"])
+    code = main(["demo", "digits-cnn", "--out", str(out), "--prune", "0.5", "--distill", "40", "--quant", "w8a8",
+                 "--timing-rounds", "3"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     stages = {s["stage"] if "stage" in s else s["name"]: s for s in report["stages"]}
     assert list(stages) == ["original", "pruned", "distilled", "quantized"]
     assert stages["pruned"]["macs"] < 0.5 * stages["original"]["macs"]
     assert stages["quantized"]["bytes"] < 0.35 * stages["original"]["bytes"]  # int8 storage, pruned
-    assert all("accuracy" in s["metrics"] for s in stages.values())
+    assert all("accuracy" in s["metrics"] and "heldout_cosine" in s["metrics"] for s in stages.values())
+    assert all(s["latency"]["samples"] == 3 for s in stages.values())
     assert report["checks"]["reload_exact"] is True and report["checks"]["output_shapes_unchanged"] is True
     for name in ("report.md", "layers.png", "tradeoff.png", "model.slimgraph", "model.onnx"):
         assert (out / name).is_file(), name
@@ -115,10 +118,13 @@ def test_bench_subcommand_reports_a_missing_suite(capsys):
 
 def test_compress_is_deterministic_given_a_seed(tmp_path, cache_dir):
     from slimgraph.compress import CompressConfig, compress
+    from slimgraph.demos import load_model
 
-    config = CompressConfig(prune=0.5, distill_steps=20, quant="w8a8", onnx=False, latency_iters=3)
-    first = compress("digits-cnn", config, tmp_path / "a")
-    second = compress("digits-cnn", config, tmp_path / "b")
+    demo = load_model("digits-cnn")
+    config = CompressConfig(prune=0.5, distill_steps=20, quant="w8a8", onnx=False, timing_rounds=1)
+    data = demo.train_batches[:8]
+    first = compress(demo.model, demo.args, data=data, eval_fn=demo.evaluate, config=config, out=tmp_path / "a")
+    second = compress(demo.model, demo.args, data=data, eval_fn=demo.evaluate, config=config, out=tmp_path / "b")
     assert [s.metrics for s in first.stages] == [s.metrics for s in second.stages]
     assert [(s.params, s.bytes, s.macs) for s in first.stages] == [(s.params, s.bytes, s.macs) for s in second.stages]
     # same archive content (safetensors writes its header keys in hash order, so bytes may differ)
@@ -129,3 +135,19 @@ def test_compress_is_deterministic_given_a_seed(tmp_path, cache_dir):
         assert fa.metadata() == fb.metadata()
         assert sorted(fa.keys()) == sorted(fb.keys())
         assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+
+
+def test_bench_writes_to_a_scratch_directory_unless_out_is_given(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    import bench.e2e as e2e
+
+    seen = {}
+    monkeypatch.setattr(e2e, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    assert main(["bench", "e2e", "--quick"]) == 0
+    out = seen["argv"][seen["argv"].index("--out") + 1]
+    assert out.startswith(str(tmp_path)) and "scratch" in capsys.readouterr().err
+    seen.clear()
+    assert main(["bench", "e2e", "--out", str(tmp_path / "mine")]) == 0
+    assert seen["argv"] == ["--out", str(tmp_path / "mine")]

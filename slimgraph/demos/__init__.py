@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,14 +57,12 @@ def load_model(spec: str) -> Demo:
         raise InputError(
             f"unknown model {spec!r}: use a built-in demo ({', '.join(DEMOS)}) or package.module:factory"
         )
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InputError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
+    from ..data.batches import resolve_attr
+
+    factory = resolve_attr(spec, "model")
     if not callable(factory):
-        raise InputError(f"{module_name!r} has no callable {attr!r}")
+        raise InputError(f"model {spec!r}: {spec.partition(':')[2]!r} is a {type(factory).__name__}, not a callable "
+                         "factory returning (model, args[, kwargs])")
     result = factory()
     if not isinstance(result, tuple) or len(result) not in (2, 3) or not isinstance(result[0], nn.Module):
         raise InputError(f"{spec} must return (model, args) or (model, args, kwargs), got {type(result).__name__}")
