@@ -165,9 +165,11 @@ def _expand(a: Analysis, node: fx.Node):
 
 @rule(aten.cat.default)
 def _cat(a: Analysis, node: fx.Node):
-    tensors = node.args[0]
     out_shape = a.shape(node)
     nd = len(out_shape)
+    # torch.cat skips 1-D empty operands of any other rank (transformers 5.24's caches start as torch.tensor([])):
+    # they hold no positions, so they take no part in the labels either
+    tensors = [t for t in node.args[0] if not _legacy_empty(a.shape(t), nd)]
     dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % nd
     labs = [_align(a.lab(t), len(a.shape(t)), nd) for t in tensors]
     if all(lab is None for lab in labs):
@@ -200,6 +202,10 @@ def _cat(a: Analysis, node: fx.Node):
     for (attr, mapping), full_dims in constants:
         _const_member(a, attr, mapping, out, full_dims, node)
     return make_labels(out, tracked)
+
+
+def _legacy_empty(shape, nd: int) -> bool:
+    return shape is not None and len(shape) == 1 and shape[0] == 0 and nd != 1
 
 
 def _split_sizes(node: fx.Node, size: int) -> list[int]:
