@@ -20,14 +20,14 @@ import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import InputError
+from ..errors import InputError, PassError
 from ..ir.info import graph_info
 from ..ir.propagate import refresh
 from ..passes.base import Pass, PassResult, register_pass
 from ..report import format_table, human, totals
 from .analysis import Analysis, Group, analyze
 from .importance import CRITERIA, unit_scores
-from .plan import GroupPlan, plan_removals
+from .plan import GroupPlan, group_ratio, plan_removals
 from .reconstruct import Reconstruction, collect_grams, find_consumers, refit
 from .rewrite import apply, inconsistent_roots
 
@@ -113,6 +113,9 @@ class Prune(Pass):
         before = totals(gm)
         a = analyze(gm)
         report = PruneReport(params_before=before.params, macs_before=before.macs)
+        # a rule that raised blocked only what its node touches; say which rule, where, and why
+        report.notes.extend(f"analysis rule failed, its values stay unpruned: {r}" for r in a.rule_failures)
+        _check_ratio_keys(a, self.ratios)
         ignored = _ignored_groups(a, self.ignore)
         candidates = [g for g in a.groups if g.prunable and g.index not in ignored]
         plans: list[GroupPlan] = []
@@ -155,7 +158,21 @@ class Prune(Pass):
         return PassResult(gm, bool(changed), stats, notes)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _validate(ratio, importance, scope, round_to, ratios, floor):
+    if not _is_number(ratio):
+        raise InputError(f"ratio must be a number in [0, 1) (the fraction of units removed from each group), got "
+                         f"{type(ratio).__name__} {ratio!r}")
+    if ratios is not None and not isinstance(ratios, dict):
+        raise InputError(f"ratios must be a dict such as {{'heads': 0.25}}, got {type(ratios).__name__}")
+    for key, value in (ratios or {}).items():
+        if not isinstance(key, str) or not _is_number(value):
+            raise InputError(f"ratios entries must be 'group kind or module pattern': number, got {key!r}: {value!r}")
+    if not _is_number(floor):
+        raise InputError(f"floor must be a number in [0, 1], got {type(floor).__name__} {floor!r}")
     if not (0.0 <= ratio < 1.0):
         raise InputError(f"ratio must be in [0, 1): the fraction of units removed from each group; got {ratio}")
     for key, value in (ratios or {}).items():
@@ -169,6 +186,16 @@ def _validate(ratio, importance, scope, round_to, ratios, floor):
         raise InputError(f"round_to must be a positive integer, got {round_to!r}")
     if not (0.0 <= floor <= 1.0):
         raise InputError(f"floor must be in [0, 1], got {floor}")
+
+
+def _check_ratio_keys(a, ratios) -> None:
+    """A ``ratios`` key that matches no group would be silently ignored: refuse it, naming what exists."""
+    for key in ratios or {}:
+        if not any(group_ratio(a, g, 0.0, {key: 1.0})[1] for g in a.groups):
+            kinds = sorted({g.kind for g in a.groups})
+            modules = sorted({a.sources[s].module for g in a.groups for s in g.sources if a.sources[s].module})
+            raise InputError(f"ratios key {key!r} matches no group of this model: use a group kind "
+                             f"({', '.join(kinds)}) or a module pattern such as {modules[:3]}")
 
 
 def _matches(module: str, pattern: str) -> bool:
@@ -311,7 +338,12 @@ def prune(
     p = Prune(ratio=ratio, importance=importance, scope=scope, round_to=round_to, ignore=tuple(names),
               ratios=ratios, floor=floor, seed=seed, reconstruct=reconstruct,
               calib=list(calib) if calib is not None else None, loss_fn=loss_fn)
-    return PassManager([p], check_numerics=check).run(gm).gm
+    try:
+        return PassManager([p], check_numerics=check).run(gm).gm
+    except PassError as exc:
+        if isinstance(exc.__cause__, InputError):  # e.g. a ratios key naming nothing: the user's error
+            raise exc.__cause__ from None
+        raise
 
 
 def _ignore_names(model: nn.Module, ignore) -> list[str]:
