@@ -5,7 +5,7 @@ Importing this package registers them; passes insert them as ``call_function`` n
 plain tensors held as graph attributes, so archives store them like any other weight.
 """
 
-from . import sparse_linear  # noqa: F401 - registers slimgraph::sparse_linear
+from . import semi_structured_linear, sparse_linear  # noqa: F401 - register slimgraph::(semi_structured|sparse)_linear
 from .sparse_linear import CsrWeight, sparse_linear_reference, to_csr
 
 __all__ = ["CsrWeight", "sparse_linear_reference", "to_csr"]

@@ -10,12 +10,14 @@ Forms (each a plain-tensor packing of W held as graph attributes, so archives st
 * ``bsr``: :func:`slimgraph.kernels.block_sparse.to_block_sparse` + ``torch.ops.slimgraph.block_sparse_matmul``, for
   block patterns whose tile is one of the kernel's block sizes. Triton on CUDA (and on CPU under
   ``TRITON_INTERPRET=1``); elsewhere that op densifies, so a measurement never picks it on a plain CPU.
+* ``2:4``: :mod:`slimgraph.ops.semi_structured_linear`, CUTLASS 2:4 sparse tensor cores, for the 2:4 pattern with
+  fp16/bf16 weights on an NVIDIA GPU (N a multiple of 32, K of 64).
 
 ``lower="auto"``: for every linear layer the dense GEMM and every applicable form are timed on the current device at
 the layer's captured input shape (:func:`slimgraph.autotune.default_timer`, the per-layer timer of the int8
 autotuner, in interleaved rounds), and the fastest wins if it beats dense by ``MARGIN``; ``"always"`` takes the
-preferred form without timing (bsr for block patterns, else csr; tests and deployments tuned elsewhere); ``"off"``
-keeps every layer dense. Every lowered layer is checked
+preferred form without timing (2:4 tensor cores for 2:4 on CUDA, bsr for block patterns, else csr; tests and
+deployments tuned elsewhere); ``"off"`` keeps every layer dense. Every lowered layer is checked
 against the dense masked layer on the timing input before it replaces it. Convolutions stay dense (no sparse conv
 kernel). The report row of every layer lists the measured times and why it stayed dense.
 """
@@ -35,6 +37,7 @@ from ..ir.propagate import copy_provenance
 from ..kernels.block_sparse import BLOCK_SIZES, to_block_sparse
 from ..kernels.epilogue import apply_activation
 from ..numerics import compare_outputs
+from ..ops.semi_structured_linear import semi_structured_problem, to_semi_structured
 from ..ops.sparse_linear import register_onnx_translation, to_csr
 from .layers import Layer
 from .patterns import Pattern
@@ -76,13 +79,23 @@ def _bsr_pack(w, pattern):
     return [b.values, b.col_indices, b.row_ptr]
 
 
+def _two_four_problem(pattern: Pattern, w: torch.Tensor) -> str:
+    if (pattern.kind, pattern.n, pattern.m) != ("n:m", 2, 4):
+        return "not the 2:4 pattern"
+    return semi_structured_problem(w)
+
+
 FORMS = {
     "csr": Form("csr", lambda p, w: "", _csr_pack, lambda: torch.ops.slimgraph.sparse_linear.default,
                 lambda x, t, n, k, b, act: (x, *t, n, k, b, act)),
     "bsr": Form("bsr", _bsr_problem, _bsr_pack, lambda: torch.ops.slimgraph.block_sparse_matmul.default,
                 lambda x, t, n, k, b, act: (x, *t, n, k, None, None, b, act, None)),
+    "2:4": Form("2:4", _two_four_problem, lambda w, p: list(to_semi_structured(w)),
+                lambda: torch.ops.slimgraph.semi_structured_linear.default,
+                lambda x, t, n, k, b, act: (x, *t, n, k, b, act)),
 }
-OP_NAMES = {"csr": "slimgraph.sparse_linear (CSR)", "bsr": "slimgraph.block_sparse_matmul (Triton BSR)"}
+OP_NAMES = {"csr": "slimgraph.sparse_linear (CSR)", "bsr": "slimgraph.block_sparse_matmul (Triton BSR)",
+            "2:4": "slimgraph.semi_structured_linear (2:4 tensor cores)"}
 
 
 def _arg(node: fx.Node, index: int, name: str, default=None):
@@ -156,7 +169,7 @@ def _choose(w, x, bias, act, pattern: Pattern, mode: str, timer: Timer, row: Lay
     """(form, packed tensors) to lower to, or None with ``row.reason`` and ``row.times_ms`` filled."""
     usable = [f for f in FORMS.values() if not f.problem(pattern, w)]
     if mode == "always":
-        usable = usable[-1:]  # the most specific form: bsr for kernel-sized blocks, csr otherwise
+        usable = usable[-1:]  # the most specific form: 2:4 on CUDA, bsr for kernel-sized blocks, csr otherwise
     n, k = w.shape
     dense_out = apply_activation(F.linear(x, w, bias), act)
     tol = _TOLERANCE.get(w.dtype, 1e-2)

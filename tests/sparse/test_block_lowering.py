@@ -50,5 +50,25 @@ def test_two_four_on_cuda_lowers_and_matches():  # pragma: no cover - GPU only
     x = torch.randn(64, 128, dtype=torch.half, device="cuda")
     dense = sg.sparsify(model, (x,), pattern="2:4", lower="off")
     lowered = sg.sparsify(model, (x,), pattern="2:4", lower="always")
-    assert last_report(lowered).lowered
-    torch.testing.assert_close(lowered(x), dense(x), rtol=1e-2, atol=1e-2)
+    assert all("2:4 tensor cores" in r.lowered_to for r in last_report(lowered).layers)
+    assert sum(n.target is torch.ops.slimgraph.semi_structured_linear.default for n in lowered.graph.nodes) == 2
+    for batch in (x, x[:5], x[:1]):  # row counts that are not a multiple of the kernel's input tile
+        torch.testing.assert_close(lowered(batch), dense(batch), rtol=1e-2, atol=1e-2)
+
+
+def test_two_four_packing_round_trips_and_the_op_runs_on_cpu():
+    from slimgraph.ops.semi_structured_linear import semi_structured_problem, to_semi_structured
+
+    model = torch.nn.Linear(128, 64)
+    x = torch.randn(3, 128)
+    sp = sg.sparsify(model, (x,), pattern="2:4", lower="off")
+    w, b = sp.weight.detach().half(), sp.bias.detach().half()
+    packed, meta = to_semi_structured(w)
+    assert packed.shape == (64, 64)
+    y = torch.ops.slimgraph.semi_structured_linear(x.half(), packed, meta, 64, 128, b, "relu")
+    torch.testing.assert_close(y.float(), torch.relu(torch.nn.functional.linear(x, w.float(), b.float())),
+                               rtol=2e-3, atol=2e-3)
+    assert semi_structured_problem(w) == "2:4 tensor cores need an NVIDIA GPU"
+    # on CPU the 2:4 pattern lowers to CSR instead
+    lowered = sg.sparsify(model, (x,), pattern="2:4", lower="always")
+    assert "CSR" in last_report(lowered).layers[0].lowered_to
