@@ -412,12 +412,19 @@ def _prune_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, ca
     from .prune import prune, prune_report
 
     s = result.settings
-    say(f"pruning {s['prune']:.0%} of channels/neurons and {s['heads']:.0%} of attention heads "
+    say(f"pruning {s['prune']:.0%} of channels/neurons and {s['heads']:.0%} of attention heads if any "
         f"(importance {s['importance']}, round_to {s['round_to']}, refit {'on' if s['reconstruct'] else 'off'}) ...")
     start = time.perf_counter()
-    pruned = prune(graph, args, ratio=s["prune"], importance=s["importance"], round_to=s["round_to"],
-                   example_kwargs=kwargs, ratios={"heads": s["heads"]}, seed=s["seed"],
-                   calib=[b.for_calibration() for b in calib] or None, reconstruct=s["reconstruct"])
+    options = dict(ratio=s["prune"], importance=s["importance"], round_to=s["round_to"], example_kwargs=kwargs,
+                   seed=s["seed"], calib=[b.for_calibration() for b in calib] or None, reconstruct=s["reconstruct"])
+    try:
+        pruned = prune(graph, args, ratios={"heads": s["heads"]}, **options)
+    except InputError as exc:
+        if "ratios key 'heads' matches no group" not in str(exc):
+            raise
+        # the heads ratio is a default of the main job, and this model has no attention heads to apply it to
+        s["heads"] = "n/a (no attention-head groups in this model)"
+        pruned = prune(graph, args, **options)
     report = prune_report(pruned)
     note = f"{len(report.pruned)} of {len(report.groups)} groups pruned"
     if report.reconstructed:
