@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .. import defaults
 from ..errors import InputError, PassError
 from ..ir.capture import capture_or_copy
 from ..ir.info import graph_info
@@ -21,20 +22,19 @@ log = logging.getLogger("slimgraph")
 
 # Lossless clean-up first: BatchNorm folded into conv weights before they are quantized, bias + activation
 # grouped so the int8 GEMM epilogue applies them.
-PREPARE = "fold-constants,fold-bn,fuse,dce"
-AUTO_SMOOTHQUANT = 0.5
+PREPARE = defaults.LOSSLESS_PIPELINE
 
 
 def quantize(
     model: nn.Module,
     example_inputs,
-    scheme: str = "w8a8",
+    scheme: str = defaults.QUANT_SCHEME,
     calib: Iterable | None = None,
     *,
     example_kwargs: dict | None = None,
-    observer: str = "minmax",
-    percentile: float = 99.99,
-    smoothquant: float | str | None = "auto",
+    observer: str = defaults.QUANT_OBSERVER,
+    percentile: float = defaults.QUANT_PERCENTILE,
+    smoothquant: float | str | None = defaults.SMOOTHQUANT,
     skip: Iterable[str] = (),
     max_error: float | None = None,
     attention: bool = False,
@@ -48,10 +48,12 @@ def quantize(
         model: an ``nn.Module`` (captured first) or a GraphModule from slimgraph (captured, pruned, optimized:
             it is copied).
         example_inputs: tuple of positional inputs; ``example_kwargs`` the keyword inputs.
-        scheme: ``"w8a8"`` (static per-tensor activations from calibration, per-channel weights),
-            ``"w8a8-dynamic"`` (per-token activation scales at run time) or ``"w8a16"`` (weight-only).
+        scheme: ``"w8a8-dynamic"`` (default: per-token activation scales at run time, no calibration set
+            needed), ``"w8a8"`` (static per-tensor activations from calibration, per-channel weights) or
+            ``"w8a16"`` (weight-only). Defaults come from :mod:`slimgraph.defaults`.
         calib: iterable of input tuples (or ``(args, kwargs)`` pairs) to calibrate on; default: the example
-            inputs. A progress bar shows on a terminal (``progress=True/False`` forces it).
+            inputs. With 4 or more batches, one in 8 (at most 4) is held out of calibration. A progress bar
+            shows on a terminal (``progress=True/False`` forces it).
         observer: ``"minmax"``, ``"percentile"`` (``percentile``) or ``"mse"`` for static activation ranges.
         smoothquant: SmoothQuant alpha (e.g. 0.5) to migrate activation outliers of LayerNorm-fed Linear
             layers into their weights; None disables it. "auto" (default): 0.5 for the schemes that quantize
@@ -65,14 +67,14 @@ def quantize(
         embeddings: also store embedding tables as int8 (weight-only).
         per_layer: ``{pattern: scheme or "float"}`` overriding the scheme per layer (first match wins).
 
-    The per-layer report: ``slimgraph.quant.last_report(result)``. Raises :class:`InputError` for an unknown
+    The per-layer report: ``slimgraph.quant.last_report(result)``. Its headline is the output error on data
+    the calibration did not fit: the example inputs and the held-out batches. A warning is logged (and kept
+    in the report's notes) when that error is far above the calibration-set error, or when calibration inputs
+    hold extreme outliers. Raises :class:`InputError` for an unknown
     scheme or observer, empty or non-finite calibration data (naming the node). A model with nothing to
     quantize is returned unchanged, with the reason in its report.
     """
-    if smoothquant == "auto":
-        smoothquant = AUTO_SMOOTHQUANT if scheme in ("w8a8", "w8a8-dynamic") else None
-    elif isinstance(smoothquant, str):
-        raise InputError(f"smoothquant must be an alpha in [0, 1], None or 'auto', got {smoothquant!r}")
+    smoothquant = defaults.resolve_smoothquant(smoothquant, scheme)
     if not isinstance(model, nn.Module):
         raise InputError(f"quantize() needs an nn.Module, got {type(model).__name__}")
     gm = capture_or_copy(model, example_inputs, example_kwargs)
