@@ -13,7 +13,7 @@
 from . import kernels, passes, quant  # noqa: F401 - registers ops and passes
 from .api import DEFAULT_PIPELINE, optimize
 from .backend import backend  # the factory; the module stays importable as sys.modules["slimgraph.backend"]
-from .distill import distill
+from .distill import distill, distill_many
 from .errors import (
     ArchiveError,
     CaptureError,
@@ -29,6 +29,7 @@ from .passes import Pass, PassManager, PassResult, register_pass, registered_pas
 from .prune import prune, prune_report
 from .quant import quantize
 from .serialize import load, save
+from .share import share_weights  # registers the share-weights pass
 from .sparse import sparsify  # registers the sparsify pass
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "backend",
     "capture",
     "distill",
+    "distill_many",
     "export_onnx",
     "graph_info",
     "load",
@@ -59,6 +61,7 @@ __all__ = [
     "register_pass",
     "registered_passes",
     "save",
+    "share_weights",
     "sparsify",
     "to_networkx",
     "verify",

@@ -19,11 +19,21 @@ initialized ``torch.distributed`` process group) the student is wrapped in Distr
 each rank trains on its own shard of the batches; every rank returns the same trained module.
 
 A batch is a tuple of positional inputs, or a dict ``{"args": tuple, "kwargs": dict, "labels": tensor}``.
+
+Fine-tuning keeps what compression made discrete: weights listed in ``graph_info(student).sparsity`` (written
+by ``sparsify``) have their gradients masked and their zeros re-applied after every step, so the pattern
+survives exactly; a weight-shared student's codes are integer buffers, so only its codebooks (and whatever
+else ``trainable`` selects) move. ``trainable`` (fnmatch patterns over parameter names) restricts training to
+some tensors, e.g. ``trainable=["*_codebook"]``.
+
+One teacher, several students: :func:`distill_many` (or ``teacher_outputs=TeacherOutputs(teacher)`` shared
+between calls) runs the teacher once per batch and reuses its outputs for every student.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import logging
 import math
 from collections.abc import Iterable
@@ -51,6 +61,31 @@ class DistillResult:
     kd_losses: list[float] = field(default_factory=list)
     task_losses: list[float] = field(default_factory=list)
     hidden_states: list[str] = field(default_factory=list)  # graph nodes matched by the hidden-state loss
+    trained: list[str] = field(default_factory=list)  # parameters the optimizer updated
+    masked: list[str] = field(default_factory=list)  # sparse weights whose zeros were kept exactly
+    notes: list[str] = field(default_factory=list)
+
+
+class TeacherOutputs:
+    """The teacher's outputs per batch, computed once and shared by every student distilled with this object.
+
+    Keyed by batch position and the hidden states tapped (students that tap different LayerNorm states need
+    different teacher values). Holds every batch's outputs in memory: meant for classifier logits and
+    embeddings, not for huge sequence outputs over thousands of batches.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        self.teacher = teacher
+        self.computed = 0  # teacher forward passes run (tests and reports read it)
+        self._values: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def get(self, index: int, runner, args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        key = (index, tuple(runner.names) if isinstance(runner, _Tapped) else ())
+        if key not in self._values:
+            with torch.no_grad():
+                self._values[key] = _outputs(runner(*args, **kwargs), runner)
+            self.computed += 1
+        return self._values[key]
 
 
 def _split_batch(batch) -> tuple[tuple, dict, torch.Tensor | None]:
@@ -108,6 +143,8 @@ def distill(
     max_grad_norm: float = 1.0,
     progress: bool = True,
     seed: int = 0,
+    trainable: Iterable[str] | str | None = None,
+    teacher_outputs: TeacherOutputs | None = None,
 ) -> nn.Module:
     """Train a copy of ``student`` to match ``teacher`` on ``batches``; returns the trained copy.
 
@@ -118,6 +155,8 @@ def distill(
         output_loss: "kl" (logits), "mse" or "cosine" (embeddings, regressions).
         hidden_weight: weight of the MSE on further same-shaped output tensors.
         warmup: fraction of steps of linear learning-rate warm-up.
+        trainable: fnmatch patterns of the parameter names to train (default: every floating-point parameter).
+        teacher_outputs: a :class:`TeacherOutputs` of ``teacher`` shared with other students (see distill_many).
     """
     if output_loss not in OUTPUT_LOSSES:
         raise InputError(f"unknown output_loss {output_loss!r}; choose one of {', '.join(OUTPUT_LOSSES)}")
@@ -148,22 +187,25 @@ def distill(
     model.train()
     teacher_was_training = teacher.training
     teacher.eval()
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
-    if not params:
-        raise InputError("the student has no floating-point parameters to train")
+    if teacher_outputs is not None and teacher_outputs.teacher is not teacher:
+        raise InputError("teacher_outputs was made for another teacher; pass TeacherOutputs(teacher) of this one")
+    named = _trainable(model, trainable)
+    params = [p for _, p in named]
+    history = DistillResult(trained=[name for name, _ in named])
+    masks = _sparsity_masks(model, dict(named), history)
     wrapped = nn.parallel.DistributedDataParallel(student_run) if distributed else student_run
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = int(warmup * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warm))
-    history = DistillResult()
     bar = _progress(steps, progress and rank == 0)
     try:
         for step in range(steps):
             args, kwargs, labels = _split_batch(shard[step % len(shard)])
-            with torch.no_grad():
-                t_out, t_hidden = _outputs(teacher_run(*args, **kwargs), teacher_run)
+            if teacher_outputs is not None:
+                t_out, t_hidden = teacher_outputs.get(step % len(shard), teacher_run, args, kwargs)
+            else:
+                with torch.no_grad():
+                    t_out, t_hidden = _outputs(teacher_run(*args, **kwargs), teacher_run)
             s_out, s_hidden = _outputs(wrapped(*args, **kwargs), student_run)
             kd = kd_loss(s_out[0], t_out[0], output_loss, temperature)
             loss = kd
@@ -180,10 +222,16 @@ def distill(
                 raise InputError(f"distillation loss became {loss.item()} at step {step}: lower lr or check inputs")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for p, keep in masks:
+                if p.grad is not None:
+                    p.grad.mul_(keep)  # pruned weights get no gradient (and none enters the clipping norm)
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             scheduler.step()
+            with torch.no_grad():
+                for p, keep in masks:  # AdamW's decoupled decay and eps cannot move them, but make it exact
+                    p.masked_fill_(~keep, 0.0)
             history.losses.append(loss.item())
             history.kd_losses.append(kd.item())
             if task is not None:
@@ -201,6 +249,64 @@ def distill(
     history.hidden_states = hidden_names
     model.distill_history = history
     return model
+
+
+def distill_many(students: Iterable[nn.Module], teacher: nn.Module, batches: Iterable, **options) -> list[nn.Module]:
+    """Distill every student from one teacher; the teacher runs once per batch, its outputs shared.
+
+    ``options`` are :func:`distill`'s (steps, temperature, output_loss, ...). Students may differ from the
+    teacher and from each other in architecture: only their outputs must have the teacher's shapes.
+    """
+    students = list(students)
+    if not students:
+        raise InputError("distill_many() needs at least one student")
+    if "teacher_outputs" in options:
+        raise InputError("distill_many() shares the teacher's outputs itself; do not pass teacher_outputs")
+    data = list(batches)
+    cache = TeacherOutputs(teacher)
+    return [distill(student, teacher, data, teacher_outputs=cache, **options) for student in students]
+
+
+def _trainable(model: nn.Module, patterns) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of what the optimizer trains; every other parameter is frozen."""
+    floating = [(name, p) for name, p in model.named_parameters() if p.is_floating_point()]
+    if patterns is None:
+        chosen = floating
+    else:
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        chosen = [(name, p) for name, p in floating if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)]
+        if not chosen:
+            names = ", ".join(name for name, _ in floating[:8]) + (", ..." if len(floating) > 8 else "")
+            raise InputError(f"trainable={list(patterns)} matches no floating-point parameter of the student "
+                             f"(its parameters: {names or 'none'})")
+    if not chosen:
+        raise InputError("the student has no floating-point parameters to train")
+    keep = {id(p) for _, p in chosen}
+    for _, p in model.named_parameters():
+        p.requires_grad_(id(p) in keep)
+    return chosen
+
+
+def _sparsity_masks(model: nn.Module, trained: dict[str, nn.Parameter], history: DistillResult):
+    """(parameter, keep mask) of every trained weight whose zero pattern ``sparsify`` recorded."""
+    if not _is_slimgraph(model):
+        return []
+    masks = []
+    for weight, pattern in graph_info(model).sparsity.items():
+        param = trained.get(weight)
+        if param is not None:
+            masks.append((param, param.detach() != 0))
+            history.masked.append(weight)
+            continue
+        try:
+            model.get_parameter(weight)
+            continue  # frozen by `trainable`: its zeros cannot move
+        except AttributeError:
+            pass
+        # not a parameter (a lowered sparse op's values, a buffer): nothing trains it, so its pattern holds
+        history.notes.append(f"sparse weight {weight} ({pattern}) is not a parameter of the student; it is not "
+                             "trained")
+    return masks
 
 
 def _is_slimgraph(module) -> bool:
@@ -257,6 +363,7 @@ class _Tapped(nn.Module):
         if info is not None:
             graph._codegen = _PyTreeCodeGen(_PyTreeInfo(info.orig_args, info.in_spec, None))
         self.n_outputs = len(flat)
+        self.names = list(names)
         self.graph_module = fx.GraphModule(gm, graph)
 
     def forward(self, *args, **kwargs):

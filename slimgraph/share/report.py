@@ -1,0 +1,91 @@
+"""The weight-sharing report: per layer its code width, centroids used and reconstruction error, plus the
+model's output error against the input model and the centroid fine-tuning that followed.
+
+``print(slimgraph.share.last_report(gm))``
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch.fx as fx
+
+from ..ir.info import graph_info
+from ..report import format_table
+
+REPORT_KEY = "report"  # PassRecord.stats key of the share-weights pass holding its ShareReport
+
+
+@dataclass
+class LayerShare:
+    name: str
+    weight: str  # the replaced attribute path
+    kind: str  # linear | conv1d | conv2d | conv3d | embedding
+    shape: tuple[int, ...]
+    bits: int = 0  # width of one code (0: not shared)
+    centroids: int = 0  # nonzero centroids available (2**bits, less one when code 0 is the exact zero)
+    used: int = 0  # centroids that at least one weight maps to
+    zeros: int = 0  # weights kept exactly zero (code 0)
+    numel: int = 0
+    rel_error: float = 0.0  # ||w - codebook[codes]|| / ||w||
+    codebook: str = ""  # attribute paths of the new tensors
+    codes: str = ""
+    reason: str = ""  # why a layer was not shared
+
+    def row(self) -> list[str]:
+        if not self.bits:
+            return [self.name, "x".join(map(str, self.shape)), "-", "-", "-", "-", self.reason]
+        return [self.name, "x".join(map(str, self.shape)), str(self.bits), f"{self.used}/{self.centroids}",
+                f"{self.zeros / self.numel:.1%}" if self.numel else "-", f"{self.rel_error:.2e}", self.reason]
+
+
+@dataclass
+class ShareReport:
+    bits: int
+    conv_bits: int
+    layers: list[LayerShare] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # filled by sg.share_weights after the pass: error of the shared model against the input model
+    output_max_rel: float | None = None
+    output_cosine: float | None = None
+    eval_data: str = ""
+    finetune_steps: int = 0
+    finetune_loss: tuple[float, float] | None = None  # (first, last) distillation loss
+    output_max_rel_before_finetune: float | None = None
+    output_cosine_before_finetune: float | None = None
+
+    @property
+    def shared(self) -> list[LayerShare]:
+        return [layer for layer in self.layers if layer.bits]
+
+    def summary(self) -> str:
+        weights = sum(layer.numel for layer in self.shared)
+        text = (f"share-weights: {len(self.shared)} of {len(self.layers)} weights ({weights} elements) replaced by "
+                f"codebooks (fc/embedding {self.bits} bits, conv {self.conv_bits} bits)")
+        if self.output_cosine is not None:
+            text += (f"; output vs input model on {self.eval_data}: max_rel {self.output_max_rel:.3e}, "
+                     f"cosine {self.output_cosine:.6f}")
+        if self.finetune_steps:
+            text += (f"; centroids fine-tuned {self.finetune_steps} steps (before: cosine "
+                     f"{self.output_cosine_before_finetune:.6f})")
+        return text
+
+    def table(self) -> str:
+        headers = ["layer", "shape", "bits", "centroids used", "zeros", "rel error", "note"]
+        body = format_table(headers, [layer.row() for layer in self.layers], align_right={2, 3, 4, 5})
+        return "\n".join([self.summary(), body, *(f"note: {n}" for n in self.notes)])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def last_report(gm: fx.GraphModule) -> ShareReport | None:
+    """The report of the most recent share-weights pass run on ``gm`` (None if its weights were never shared)."""
+    for record in reversed(graph_info(gm).history):
+        report = getattr(record, "stats", {}).get(REPORT_KEY)
+        if isinstance(report, ShareReport):
+            return report
+    return None
