@@ -1,6 +1,6 @@
 """End-to-end benchmark: whole models through every deployment path, in one run.
 
-    python -m bench.e2e [--quick] [--models minilm,bert-b1,...] [--out bench/results]
+    python -m bench.e2e [--quick] [--models minilm,bert-b1,...] [--out bench/results]   (default: a scratch dir)
 
 Variants (same inputs, same device, timed the same way):
   eager            the model as written (fp16 on GPU, fp32 on CPU)
@@ -14,7 +14,10 @@ Variants (same inputs, same device, timed the same way):
 Models: all-MiniLM-L6-v2 (real weights; batch 32 x 32 tokens), BERT-base (seq 128; batch 1 and 32), a
 Llama-style decoder (prefill 1 x 128 and batch-1 decode against a 128-token prefix, no KV cache), ResNet-50
 (torchvision on GPU, transformers ResNetConfig() on CPU; batch 1 and 64). Reported per row: median latency,
-throughput, peak memory (GPU only), and fidelity (cosine of the outputs to eager's).
+throughput, peak memory (GPU only), and fidelity (cosine of the outputs to eager's). Latency comes from the
+harness's interleaved timing (bench/harness.py): every variant of a model is built first, then all are timed
+round by round in rotating order; median and interquartile range per row, and the ratio to eager with its
+spread ("no change" when the spread contains 1.0).
 
 On a machine without CUDA the same pipeline runs on CPU and every file says so; sizes shrink with --quick.
 GPU targets (issue 6, H100): pruned + int8 BERT-base batch 32 >= 2.5x Inductor fp16; ResNet-50 batch 64
@@ -25,21 +28,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import os
-import platform
-import statistics
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.run_meta import describe_commit
+from bench.harness import (
+    add_out_argument,
+    finish_metadata,
+    meta_lines,
+    run_metadata,
+    save_figure,
+    speedup,
+    time_variants,
+    write_results,
+)
 
 VARIANTS = ("eager", "inductor", "sg-fuse", "sg-int8", "sg-pruned-int8", "torchao-int8")
 TARGETS = [
@@ -54,7 +60,10 @@ class Row:
     model: str
     variant: str
     ok: bool
-    latency_ms: float = float("nan")
+    latency_ms: float = float("nan")  # median
+    latency_q1_ms: float = float("nan")
+    latency_q3_ms: float = float("nan")
+    vs_eager: str = "-"  # ratio to eager with its spread, or "no change"
     throughput: float = float("nan")  # samples (or tokens) per second
     peak_mem_mb: float = float("nan")
     cosine: float = float("nan")  # min over the batch's rows (samples) of cosine(output, eager output)
@@ -170,28 +179,6 @@ def _resnet50(quick: bool):
     return transformers.ResNetModel(cfg)
 
 
-def _timer(device):
-    def measure(fn, iters: int) -> float:
-        with torch.no_grad():
-            fn()
-            fn()
-            if device.type == "cuda":
-                import triton
-
-                return float(triton.testing.do_bench(fn, warmup=5, rep=max(50, iters * 5)))
-            times = []
-            deadline = time.perf_counter() + 20
-            for _ in range(iters):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-                if time.perf_counter() > deadline and len(times) >= 3:
-                    break
-            return statistics.median(times)
-
-    return measure
-
-
 def _first_tensor(out) -> torch.Tensor:
     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
     return leaves[0]
@@ -225,9 +212,10 @@ def _variant_model(case: Case, variant: str, device):
     raise ValueError(variant)
 
 
-def run_case(case: Case, variants, device, iters: int) -> list[Row]:
-    measure = _timer(device)
-    rows = []
+def run_case(case: Case, variants, device, rounds: int) -> list[Row]:
+    """Build every variant (compiling on its first call), then time them all interleaved."""
+    rows: dict[str, Row] = {}
+    built = {}
     with torch.no_grad():
         reference = _first_tensor(case.model(*case.args, **case.kwargs)).float()
     for variant in variants:
@@ -237,27 +225,41 @@ def run_case(case: Case, variants, device, iters: int) -> list[Row]:
             with torch.no_grad():
                 out = _first_tensor(model(*case.args, **case.kwargs)).float()  # compiles
             compile_s = time.perf_counter() - start
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            ms = measure(lambda m=model: m(*case.args, **case.kwargs), iters)
-            peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
             per_row = F.cosine_similarity(out.flatten(1) if out.dim() > 1 else out[None],
                                           reference.flatten(1) if reference.dim() > 1 else reference[None])
-            note = ""
-            if variant == "sg-pruned-int8":
-                note = (f"pruned ({case.prune_options.get('importance', 'l2')}"
-                        + (" + least-squares refit" if case.prune_options.get("reconstruct") else "") + "), "
-                        + (f"distilled {case.distill_steps} steps" if case.distill is not None
-                           else "not distilled" + ("" if case.real_weights else
-                                                   " (random weights: cosine shows pruning damage only)")))
-            rows.append(Row(case.name, variant, True, ms, case.samples / ms * 1e3, peak, per_row.min().item(),
-                            per_row.mean().item(), compile_s, note))
+            rows[variant] = Row(case.name, variant, True, cosine=per_row.min().item(),
+                                cosine_mean=per_row.mean().item(), compile_s=compile_s, note=_note(case, variant))
+            built[variant] = model
         except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others
-            rows.append(Row(case.name, variant, False, note=f"{type(exc).__name__}: {str(exc)[:200]}"))
+            rows[variant] = Row(case.name, variant, False, note=f"{type(exc).__name__}: {str(exc)[:200]}")
             logging.debug(traceback.format_exc())
-        print(f"  {case.name:15s} {variant:15s} " + (f"{rows[-1].latency_ms:9.2f} ms  cos min {rows[-1].cosine:.4f}"
-                                                     if rows[-1].ok else rows[-1].note), flush=True)
-    return rows
+    if built:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        run = time_variants({v: (lambda m=m: m(*case.args, **case.kwargs)) for v, m in built.items()},
+                            rounds=rounds, min_rounds=min(rounds, 5), max_seconds=60.0)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        for v in built:
+            t, row = run[v], rows[v]
+            row.latency_ms, row.latency_q1_ms, row.latency_q3_ms = t.median_ms, t.q1_ms, t.q3_ms
+            row.throughput, row.peak_mem_mb = case.samples / t.median_ms * 1e3, peak
+            if "eager" in built:
+                row.vs_eager = speedup(run["eager"], t).label() if v != "eager" else "1.00x"
+        print(f"  {case.name}: {run.conditions()}", flush=True)
+    for r in rows.values():
+        print(f"  {case.name:15s} {r.variant:15s} " + (f"{r.latency_ms:9.2f} ms  {r.vs_eager:24s} cos min "
+                                                       f"{r.cosine:.4f}" if r.ok else r.note), flush=True)
+    return [rows[v] for v in variants]
+
+
+def _note(case: Case, variant: str) -> str:
+    if variant != "sg-pruned-int8":
+        return ""
+    return (f"pruned ({case.prune_options.get('importance', 'l2')}"
+            + (" + least-squares refit" if case.prune_options.get("reconstruct") else "") + "), "
+            + (f"distilled {case.distill_steps} steps" if case.distill is not None
+               else "not distilled" + ("" if case.real_weights else
+                                       " (random weights: cosine shows pruning damage only)")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes and models (smoke run)")
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. minilm,bert-b1,llama-decode")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
+    add_out_argument(parser, "e2e")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     logging.getLogger("slimgraph").setLevel(logging.ERROR)
     device, dtype = _device_and_dtype()
     selected = set(args.models.split(",")) if args.models else None
@@ -276,30 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"e2e on {device} ({'fp16' if dtype == torch.float16 else 'fp32'})"
           + ("" if device.type == "cuda" else ": NO GPU FOUND - CPU figures, not GPU targets"), flush=True)
     rows: list[Row] = []
+    meta = run_metadata("bench.e2e", argv, dtype=str(dtype), quick=args.quick)
     for case in build_cases(args.quick, selected):
-        rows.extend(run_case(_to(case, device, dtype), variants, device, args.iters))
-    meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {platform.machine()} "
-        f"({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "dtype": str(dtype), "torch": torch.__version__, "commit": describe_commit(), "quick": args.quick,
-        "load_average": os.getloadavg(),
-        "command": "python -m bench.e2e " + " ".join(sys.argv[1:] if argv is None else argv),
-    }
-    try:
-        import triton
-
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
+        rows.extend(run_case(_to(case, device, dtype), variants, device, args.rounds))
+    finish_metadata(meta, start)
     speedups = _targets(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"e2e-{label}" + ("-quick" if args.quick else "") + ("-" + "-".join(sorted(selected)) if selected else "")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows],
-                                                  "targets": speedups}, indent=2, default=str))
-    (out / f"{stem}.md").write_text(_markdown(meta, rows, speedups, device))
-    _plot(rows, out / f"{stem}.png", meta)
-    print(f"wrote {out / stem}.json/.md/.png")
+    write_results(args.out, stem, {"meta": meta, "rows": [asdict(r) for r in rows], "targets": speedups},
+                  _markdown(meta, rows, speedups, device))
+    _plot(rows, args.out, stem, meta)
+    print(f"wrote {args.out}/{stem}.json/.md/.png")
     return 0
 
 
@@ -314,32 +303,31 @@ def _targets(rows: list[Row]) -> list[dict]:
     return result
 
 
-def _markdown(meta, rows, targets, device) -> str:
+def _markdown(meta, rows, targets, device) -> list[str]:
     lines = [f"# End-to-end benchmark ({'GPU' if device.type == 'cuda' else 'CPU'})", ""]
     if device.type != "cuda":
         lines += ["**No CUDA GPU was found: these are CPU figures.** On CPU the int8 ops run their portable torch "
                   "references (the Triton kernels need a GPU), so int8 rows measure correctness and overhead, "
                   "not the GPU speed-ups the targets are about.", ""]
-    lines += [f"{meta['device']}, {meta['dtype']}, torch {meta['torch']}, triton {meta['triton']}, commit "
-              f"{meta['commit']}, load average {tuple(round(x, 1) for x in meta['load_average'])}", "",
-              f"Command: `{meta['command']}`", "",
-              "| model | variant | latency ms | throughput /s | vs eager | peak MB | cosine vs eager (mean / min over "
-              "samples) | compile s | note |",
+    lines += [*meta_lines(meta), f"- dtype {meta['dtype']}", "",
+              "Latency: median of interleaved rounds (IQR in brackets); `vs eager`: median ratio, > 1 = faster, "
+              "with the range from both interquartile ranges; `no change` when that range contains 1.0.", "",
+              "| model | variant | latency ms (IQR) | throughput /s | vs eager | peak MB | cosine vs eager (mean / min "
+              "over samples) | compile s | note |",
               "|---|---|---|---|---|---|---|---|---|"]
-    eager = {r.model: r.latency_ms for r in rows if r.variant == "eager" and r.ok}
     for r in rows:
-        speed = f"{eager[r.model] / r.latency_ms:.2f}x" if r.ok and r.model in eager else "-"
-        lines.append(f"| {r.model} | {r.variant} | {r.latency_ms:.2f} | {r.throughput:.1f} | {speed} | "
-                     f"{r.peak_mem_mb:.0f} | {r.cosine_mean:.4f} / {r.cosine:.4f} | {r.compile_s:.1f} | {r.note} |")
+        lines.append(f"| {r.model} | {r.variant} | {r.latency_ms:.2f} ({r.latency_q1_ms:.2f}-{r.latency_q3_ms:.2f}) "
+                     f"| {r.throughput:.1f} | {r.vs_eager} | {r.peak_mem_mb:.0f} | {r.cosine_mean:.4f} / "
+                     f"{r.cosine:.4f} | {r.compile_s:.1f} | {r.note} |")
     lines += ["", "## Targets (H100)", "", "| target | needed | measured here | met |", "|---|---|---|---|"]
     for t in targets:
         got = "-" if t["measured"] is None else f"{t['measured']:.2f}x"
         met = "n/a (not a GPU run)" if device.type != "cuda" else ("yes" if t["met"] else "no")
         lines.append(f"| {t['target']} | {t['needed']}x | {got} | {met} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _plot(rows, path, meta) -> None:
+def _plot(rows, out, stem, meta) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,13 +343,11 @@ def _plot(rows, path, meta) -> None:
         ax.bar([j + i * width for j in range(len(models))], ys, width=width, label=v)
     ax.set_xticks([j + 0.4 for j in range(len(models))])
     ax.set_xticklabels(models, rotation=20)
-    ax.set_ylabel("speed-up vs eager")
+    ax.set_ylabel("speed-up vs eager (x, median ratio)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.legend(fontsize=7)
     ax.set_title(f"end to end on {meta['device']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, stem)
 
 
 if __name__ == "__main__":
