@@ -13,6 +13,7 @@
 from . import kernels, passes, quant  # noqa: F401 - registers ops and passes
 from .api import DEFAULT_PIPELINE, optimize
 from .backend import backend  # the factory; the module stays importable as sys.modules["slimgraph.backend"]
+from .compress import CompressResult, compress
 from .distill import distill, distill_many
 from .errors import (
     ArchiveError,
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_PIPELINE",
     "ArchiveError",
     "CaptureError",
+    "CompressResult",
     "InputError",
     "Pass",
     "PassError",
@@ -48,6 +50,7 @@ __all__ = [
     "VerificationError",
     "backend",
     "capture",
+    "compress",
     "distill",
     "distill_many",
     "export_onnx",
