@@ -110,7 +110,10 @@ def _quantize_rows(x2d):
 
 
 def dynamic_quantize_per_token(x):
-    k = x.shape[-1]
+    return _quantize_per_token(x, x.shape[-1])
+
+
+def _quantize_per_token(x, k: int):
     q2, scale = _quantize_rows(_rows(op.Cast(x, to=_FLOAT), k))
     return op.Reshape(q2, op.Shape(x)), op.Reshape(scale, op.Shape(x, end=-1))
 
@@ -127,7 +130,10 @@ def layer_norm_quantize_per_token(x, normalized_shape: list[int], weight=None, b
         weight = _const(np.ones((k,), np.float32))
     y = op.LayerNormalization(x, weight, bias, axis=-1, epsilon=eps) if bias is not None else \
         op.LayerNormalization(x, weight, axis=-1, epsilon=eps)
-    return dynamic_quantize_per_token(y)
+    # LayerNormalization has three outputs (Y, Mean, InvStdDev): onnxscript hands back all of them as a tuple
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    return _quantize_per_token(y, k)  # k from x: the exporter infers no shape for LayerNormalization's output
 
 
 # ---------------------------------------------------------------------------------------------------- GEMMs
