@@ -165,15 +165,25 @@ def lower_layers(gm: fx.GraphModule, layers: list[Layer], rows: dict[str, LayerS
     return lowered
 
 
+def _csr_bytes(w: torch.Tensor) -> int:
+    return int((w != 0).sum()) * (w.element_size() + 4) + (w.shape[0] + 1) * 4  # values + int32 cols + row pointers
+
+
 def _choose(w, x, bias, act, pattern: Pattern, mode: str, timer: Timer, row: LayerSparsity):
     """(form, packed tensors) to lower to, or None with ``row.reason`` and ``row.times_ms`` filled."""
     usable = [f for f in FORMS.values() if not f.problem(pattern, w)]
+    failures = []
     if mode == "always":
         usable = usable[-1:]  # the most specific form: 2:4 on CUDA, bsr for kernel-sized blocks, csr otherwise
+    elif (csr_bytes := _csr_bytes(w)) >= w.numel() * w.element_size():
+        # Not worth timing: CSR reads every stored value plus its column index, at best as fast as dense reads the
+        # whole weight, and its gathers are slower. Timing a transformer's every layer costs seconds.
+        usable = [f for f in usable if f.name != "csr"]
+        failures.append(f"CSR would read {csr_bytes / (w.numel() * w.element_size()):.2f}x the dense weight's bytes")
     n, k = w.shape
     dense_out = apply_activation(F.linear(x, w, bias), act)
     tol = _TOLERANCE.get(w.dtype, 1e-2)
-    candidates, failures = [], []
+    candidates = []
     for form in usable:
         packed = form.pack(w, pattern)
         op = form.op()

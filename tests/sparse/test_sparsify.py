@@ -174,3 +174,16 @@ def test_always_lowers_to_csr_matching_the_dense_masked_model(mlp, x):
         torch.testing.assert_close(sp(batch), reference(batch), rtol=1e-5, atol=1e-5)
     again = sg.sparsify(sp, sparsity=0.5, lower="off")  # a lowered graph has no dense linear weight left
     assert "nothing to sparsify" in " ".join(last_report(again).notes)
+
+
+def test_auto_skips_timing_csr_where_it_would_read_more_bytes_than_dense(monkeypatch, mlp, x):
+    import slimgraph.autotune as autotune
+
+    def no_timing(fn):
+        raise AssertionError("a layer at 50% density must not be timed")
+
+    monkeypatch.setattr(autotune, "default_timer", no_timing)
+    sp = sg.sparsify(mlp, (x,), pattern="2:4")
+    for row in last_report(sp).layers:
+        assert not row.lowered_to and not row.times_ms
+        assert row.reason.startswith("CSR would read 1.0")
