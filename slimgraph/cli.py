@@ -163,8 +163,15 @@ def _config(args):
     return CompressConfig(
         prune=_none_or(args.prune, float), heads=_none_or(args.heads, float), importance=args.importance,
         reconstruct=_reconstruct(args), round_to=args.round_to, distill_steps=args.distill,
-        quant=_none_or(args.quant, str), smoothquant=_smoothquant(args.smoothquant), onnx=not args.no_onnx,
-        seed=args.seed, eval_fraction=args.eval_fraction, timing_rounds=args.timing_rounds)
+        quant=_quant(args), smoothquant=_smoothquant(args.smoothquant), onnx=not args.no_onnx,
+        seed=args.seed, eval_fraction=args.eval_fraction, timing_rounds=args.timing_rounds, sparsity=args.sparsity,
+        pattern=args.pattern, share_bits=args.share_bits, entropy=args.entropy)
+
+
+def _quant(args):
+    if args.quant is None:  # weight sharing replaces int8 storage: its codebooks are the quantization
+        return None if args.share_bits else defaults.COMPRESS_QUANT
+    return _none_or(args.quant, str)
 
 
 def cmd_compress(args) -> int:
@@ -337,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"(default {defaults.COMPRESS_HEADS}; 'none' = same as --prune)")
         p.add_argument("--distill", type=int, default=None, metavar="STEPS", help="distillation steps after pruning "
                        "(needs --data; default: a built-in demo's tuned setting, 0 for other models)")
-        p.add_argument("--quant", default=defaults.COMPRESS_QUANT, help="w8a8 | w8a8-dynamic | w8a16 | none "
+        p.add_argument("--quant", default=None, help="w8a8 | w8a8-dynamic | w8a16 | none "
                        f"(default {defaults.COMPRESS_QUANT}; w8a8 needs --data)")
         p.add_argument("--smoothquant", default=defaults.SMOOTHQUANT, help="SmoothQuant alpha, 'auto' (0.5 for "
                        "w8a8 schemes, off for w8a16) or 'none' (default auto)")
@@ -352,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"fraction of --data batches held out (default {defaults.EVAL_FRACTION})")
         p.add_argument("--timing-rounds", type=int, default=defaults.TIMING_ROUNDS,
                        help=f"interleaved latency rounds (default {defaults.TIMING_ROUNDS})")
+        p.add_argument("--sparsity", type=float, default=None, help="after pruning, zero this fraction of the GEMM "
+                       "weights (sg.sparsify; default off)")
+        p.add_argument("--pattern", default=defaults.SPARSE_PATTERN, help="sparsity pattern: unstructured | N:M | "
+                       f"BNxBK (default {defaults.SPARSE_PATTERN})")
+        p.add_argument("--share-bits", type=int, default=None, help="k-means weight sharing with 2**BITS centroids "
+                       "per weight (sg.share_weights; default off; implies --quant none unless --quant is given)")
+        p.add_argument("--entropy", action="store_true", help="also write the final archive entropy coded "
+                       "(sg.save(..., compress=True)) and report its size")
 
     p = sub.add_parser("demo", help="the main job end to end on the built-in default model (all-MiniLM-L6-v2)",
                        description="Compress the real all-MiniLM-L6-v2 (prune, distill, quantize, fuse, verify, "

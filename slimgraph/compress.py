@@ -62,6 +62,10 @@ class CompressConfig:
     eval_fraction: float = defaults.EVAL_FRACTION
     calib_batches: int = defaults.CALIB_BATCHES
     timing_rounds: int = defaults.TIMING_ROUNDS
+    sparsity: float | None = None  # fraction of GEMM weights zeroed after pruning (sg.sparsify); None = off
+    pattern: str = defaults.SPARSE_PATTERN
+    share_bits: int | None = None  # k-means weight sharing, code width (sg.share_weights); None = off
+    entropy: bool = False  # also write the final archive entropy coded (sg.save(..., compress=True))
 
     def __post_init__(self):
         if self.prune is not None and not 0.0 <= self.prune < 1.0:
@@ -72,6 +76,13 @@ class CompressConfig:
             raise InputError(f"quant must be one of {', '.join(defaults.QUANT_SCHEMES)} or None, got {self.quant!r}")
         if self.distill_steps is not None and self.distill_steps < 0:
             raise InputError(f"distill_steps must be >= 0, got {self.distill_steps}")
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise InputError(f"sparsity must be in (0, 1) (fraction of GEMM weights zeroed), got {self.sparsity}")
+        if self.share_bits is not None and not 1 <= self.share_bits <= 8:
+            raise InputError(f"share_bits must be 1..8 (codebook of 2**bits centroids), got {self.share_bits}")
+        if self.share_bits and self.quant:
+            raise InputError(f"share_bits={self.share_bits} and quant={self.quant!r}: int8 quantization would "
+                             "replace the shared codebooks; choose one (quant=None / --quant none to share)")
         if self.calib_batches < 1 or self.timing_rounds < 1:
             raise InputError("calib_batches and timing_rounds must be >= 1")
 
@@ -85,6 +96,7 @@ class Stage:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     note: str = ""
+    disk_bytes: int | None = None  # the stage's archive (sg.save) on disk
     latency: Timing | None = None
     vs_original: Ratio | None = None
     vs_previous: Ratio | None = None
@@ -112,6 +124,8 @@ class CompressResult:
     fallbacks: list[str] = field(default_factory=list)  # steps that ran differently from what was asked, and why
     not_pruned: list[tuple[str, str, str]] = field(default_factory=list)  # (group, status, reason)
     timing: TimingRun | None = None
+    original: fx.GraphModule | None = field(default=None, repr=False)  # the captured original
+    coded_bytes: int | None = None  # the final archive entropy coded (entropy=True)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -204,7 +218,8 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | Non
     evaluator = _Evaluator(eval_fn, original_graph, split, args, kwargs)
     result = CompressResult(name, description, config, [], original_graph, out, settings=settings,
                             metric=evaluator.headline, metric_source=evaluator.source,
-                            data=split.describe() if split else "no data given: nothing held out", fallbacks=fallbacks)
+                            data=split.describe() if split else "no data given: nothing held out", fallbacks=fallbacks,
+                            original=original_graph)
     say(f"evaluating the original ({evaluator.source}) ...")
     result.stages.append(_stage("original", model, original_graph, evaluator, time.perf_counter() - start))
     current: fx.GraphModule = original_graph
@@ -222,6 +237,15 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | Non
             result.stages.append(_stage("distilled", current, current, evaluator, time.perf_counter() - start,
                                         f"{steps} steps on {len(split.train)} training batches"))
 
+    if settings["sparsity"]:
+        from .compress_stages import sparse_stage
+
+        current = sparse_stage(result, current, args, kwargs, calib, evaluator, _stage)
+    if settings["share_bits"]:
+        from .compress_stages import share_stage
+
+        current = share_stage(result, current, args, kwargs, calib, evaluator, _stage)
+
     if settings["quant"]:
         from .quant import last_report, quantize
 
@@ -232,7 +256,7 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | Non
         report = last_report(current)
         note = f"{len(report.quantized)} layers int8" if report is not None else ""
         result.stages.append(_stage("quantized", current, current, evaluator, time.perf_counter() - start, note))
-    elif not settings["prune"]:
+    elif not (settings["prune"] or settings["sparsity"] or settings["share_bits"]):
         from .passes.manager import PassManager
 
         current = PassManager(defaults.LOSSLESS_PIPELINE, check_numerics=True).run(current).gm
@@ -240,6 +264,10 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | Non
     result.final = current
     _time_stages(result, args, kwargs, config.timing_rounds)
     _verify_and_save(result, model, args, kwargs)
+    from .compress_stages import disk_sizes
+
+    say("measuring the archives on disk ...")
+    disk_sizes(result)
     result.checks["wall_seconds"] = round(time.perf_counter() - wall, 1)
     if out is not None:
         from .compress_report import write_report
@@ -267,6 +295,16 @@ def _resolve(config: CompressConfig, split: DataSplit | None, fallbacks: list[st
     if steps and not prune:
         raise InputError(f"distill_steps={steps}: distillation recovers what pruning cost, and pruning is off; "
                          "set prune or distill_steps=0")
+    if config.entropy:
+        import inspect
+
+        from .serialize import save
+
+        if "compress" not in inspect.signature(save).parameters:
+            raise InputError("entropy=True writes the archive with sg.save(..., compress=True), which this "
+                             "installation's slimgraph.serialize does not offer; update slimgraph or drop --entropy")
+    if config.share_bits and not has_data:
+        fallbacks.append("weight-sharing centroids not fine-tuned: no data given (k-means codebooks as fitted)")
     if config.quant == "w8a8" and not has_data:
         raise InputError("quant='w8a8' calibrates static activation ranges and no data was given: pass data= "
                          "(--data) or use 'w8a8-dynamic' (per-token scales at run time, no calibration)")
@@ -277,6 +315,8 @@ def _resolve(config: CompressConfig, split: DataSplit | None, fallbacks: list[st
         "smoothquant": defaults.resolve_smoothquant(config.smoothquant, config.quant) if config.quant else None,
         "onnx": config.onnx, "seed": config.seed, "eval_fraction": config.eval_fraction if has_data else None,
         "calib_batches": config.calib_batches if has_data else None, "timing_rounds": config.timing_rounds,
+        "sparsity": config.sparsity, "pattern": config.pattern if config.sparsity else None,
+        "share_bits": config.share_bits, "entropy": config.entropy,
     }
 
 

@@ -37,7 +37,8 @@ def summary_table(result: CompressResult) -> str:
     for s in result.stages:
         lat = s.latency
         rows.append([
-            s.name, human(s.params), human(s.bytes, "B"), _pct(s.bytes, base.bytes), human(s.macs),
+            s.name, human(s.params), human(s.bytes, "B"), _pct(s.bytes, base.bytes),
+            human(s.disk_bytes, "B") if s.disk_bytes is not None else "-", human(s.macs),
             _pct(s.macs, base.macs),
             f"{lat.median_ms:.2f} ({lat.q1_ms:.2f}-{lat.q3_ms:.2f})" if lat else "-",
             s.vs_original.label() if s.vs_original else "-",
@@ -45,8 +46,8 @@ def summary_table(result: CompressResult) -> str:
             *(f"{s.metrics.get(k, math.nan):.4f}" for k in metrics), f"{s.seconds:.1f}",
             "SLOWER than previous" if s.vs_previous is not None and s.vs_previous.verdict == "slower" else "",
         ])
-    headers = ["stage", "params", "size", "size %", "MACs", "MACs %", "CPU ms median (IQR)", "speed vs original",
-               "vs previous", *metrics, "took s", "flag"]
+    headers = ["stage", "params", "size", "size %", "on disk", "MACs", "MACs %", "CPU ms median (IQR)",
+               "speed vs original", "vs previous", *metrics, "took s", "flag"]
     return format_table(headers, rows, align_right=set(range(1, len(headers) - 1)))
 
 
@@ -56,6 +57,11 @@ def summary_text(result: CompressResult) -> str:
         lines.append(f"latency: {result.timing.conditions()}")
     lines += [f"WARNING: {line}" for line in slower_stages(result)]
     lines += [f"fallback: {line}" for line in result.fallbacks]
+    from .compress_stages import disk_breakdown
+
+    dense = next(iter(disk_breakdown(result)), ("", 0))[1]
+    lines += [f"on disk: {step} {human(size, 'B')} ({100 * size / dense:.1f}% of dense)"
+              for step, size in disk_breakdown(result)]
     lines += [f"{k}: {v}" for k, v in result.checks.items()]
     lines += [f"{k}: {v}" for k, v in result.files.items()]
     if result.out_dir is not None:
@@ -77,6 +83,7 @@ def write_report(result: CompressResult, original: fx.GraphModule) -> None:
         "fallbacks": result.fallbacks, "not_pruned": [dict(zip(("group", "status", "reason"), g))
                                                       for g in result.not_pruned],
         "files": result.files, "checks": result.checks,
+        "disk_bytes": [{"step": step, "bytes": size} for step, size in _breakdown(result)],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     flags = slower_stages(result)
@@ -91,9 +98,11 @@ def write_report(result: CompressResult, original: fx.GraphModule) -> None:
         f"- **Latency**: {result.timing.conditions() if result.timing else 'not measured'}. Each stage is called "
         "on the example inputs; `speed vs original` / `vs previous` are median ratios (> 1 = faster) with the "
         "range from the two interquartile ranges; a range containing 1.0 reads `no change`.",
-        "- **size**: bytes of the weights and buffers the graph reads; **size %** and **MACs %**: of the original.",
+        "- **size**: bytes of the weights and buffers the graph reads in memory; **size %** and **MACs %**: of the "
+        "original; **on disk**: the stage's saved archive (`sg.save`), breakdown below.",
         f"- Machine: {meta['machine']} {meta['processor']}, torch {meta['torch']}, {meta['threads']} threads, CUDA "
         f"{meta['cuda']}. Every number comes from this run ({result.checks.get('wall_seconds')} s in all).", "",
+        *_disk_md(result),
         "## Fallbacks (steps that ran differently from what was asked)", "",
         *([f"- {line}" for line in result.fallbacks] or ["- none: every step ran as asked"]), "",
         "## Effective settings", "",
@@ -106,6 +115,19 @@ def write_report(result: CompressResult, original: fx.GraphModule) -> None:
         "### Final model", "", "```", inspect_table(result.final, limit=50), "```", "",
     ]
     (out / "report.md").write_text("\n".join(md))
+
+
+def _disk_md(result: CompressResult) -> list[str]:
+    from .compress_stages import disk_breakdown
+
+    rows = disk_breakdown(result)
+    if not rows:
+        return []
+    dense = rows[0][1]
+    lines = ["## Bytes on disk", "", "| step | bytes on disk | % of dense | smaller |", "|---|---|---|---|"]
+    lines += [f"| {step} | {size} ({human(size, 'B')}) | {100 * size / dense:.1f}% | {dense / size:.2f}x |"
+              for step, size in rows]
+    return [*lines, ""]
 
 
 def _fidelity_note(result: CompressResult) -> str:
@@ -123,6 +145,12 @@ def _not_pruned_md(result: CompressResult) -> list[str]:
         return ["## Groups not pruned", "", "- none: every group was pruned", ""]
     return ["## Groups not pruned", "", "| group | status | why |", "|---|---|---|",
             *(f"| {g} | {st} | {why or '-'} |" for g, st, why in result.not_pruned), ""]
+
+
+def _breakdown(result: CompressResult) -> list[tuple[str, int]]:
+    from .compress_stages import disk_breakdown
+
+    return disk_breakdown(result)
 
 
 def _stage_json(s: Stage) -> dict:

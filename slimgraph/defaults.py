@@ -49,6 +49,8 @@ PRUNE_ROUND_TO = 8  # widths rounded up to a multiple of 8: what int8/fp16 GEMM 
 PRUNE_FLOOR = 0.1
 PRUNE_RECONSTRUCT = "auto"
 
+SPARSE_PATTERN = "unstructured"  # sg.sparsify / compress --sparsity: element-wise zeros (Deep Compression)
+
 # The main job (sg.compress / slimgraph compress / slimgraph demo): heads are pruned more gently than FFN
 # neurons because one head carries far more of the output than one neuron (bench/prune_minilm.py).
 COMPRESS_PRUNE = 0.5

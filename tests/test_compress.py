@@ -239,7 +239,10 @@ def test_defaults_are_shared_by_api_and_cli():
     config = CompressConfig()
     assert float(compress_args.prune) == config.prune == defaults.COMPRESS_PRUNE
     assert float(compress_args.heads) == config.heads == defaults.COMPRESS_HEADS
-    assert compress_args.quant == config.quant == defaults.QUANT_SCHEME
+    from slimgraph.cli import _quant
+
+    assert _quant(compress_args) == config.quant == defaults.QUANT_SCHEME
+    assert _quant(sub["compress"].parse_args(["m", "--out", "o", "--share-bits", "5"])) is None
     assert compress_args.importance == config.importance == defaults.PRUNE_IMPORTANCE
     assert compress_args.round_to == config.round_to == defaults.PRUNE_ROUND_TO
     assert compress_args.smoothquant == config.smoothquant == defaults.SMOOTHQUANT
@@ -262,3 +265,19 @@ def test_report_names_groups_not_pruned_and_flags_slower_stages(tmp_path):
     result.stages[0].latency, result.stages[1].latency = fast, slow
     result.stages[1].vs_previous = speedup(fast, slow)
     assert slower_stages(result) and "pruned is slower than original" in slower_stages(result)[0]
+
+
+def test_deep_compression_options_report_bytes_on_disk(tmp_path):
+    data = _batches(8)
+    result = compress(Net(), data=data, quant=None, sparsity=0.8, share_bits=4, entropy=True, out=tmp_path, **FAST)
+    assert [s.name for s in result.stages] == ["original", "pruned", "sparse", "shared"]
+    disk = [s.disk_bytes for s in result.stages]
+    assert all(d > 0 for d in disk) and disk[1] < disk[0]
+    assert result.coded_bytes is not None and result.coded_bytes < disk[-1]  # entropy coding pays on 4-bit codes
+    md = (tmp_path / "report.md").read_text()
+    assert "## Bytes on disk" in md and "coded (shared, entropy coded)" in md and "% of dense" in md
+    assert (tmp_path / "model.coded.slimgraph").is_file()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [row["step"] for row in report["disk_bytes"]][-1].startswith("coded")
+    with pytest.raises(InputError, match="int8 quantization would replace the shared codebooks"):
+        compress(Net(), data=data, share_bits=4, quant="w8a8-dynamic", **FAST)
