@@ -82,6 +82,7 @@ def test_bad_arguments_are_input_errors(change, match):
         to_csr(torch.ones(3, 4, dtype=torch.int64))
 
 
+@pytest.mark.slow  # torch.onnx export plus the onnxscript import: ~10 s on 2 cores
 def test_lowered_model_exports_to_onnx_and_matches(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import slimgraph as sg
