@@ -11,8 +11,12 @@ single nodes, which is what our pattern-based passes match. On top of what expor
   ``torch.no_grad``) and disabled-autocast regions: the captured graph is an inference graph, so the
   grad mode has no effect, and passes must see the ops inside;
 * write GEMMs whose right-hand side is a constant as ``aten.linear`` with a ``[N, K]`` weight
-  (``addmm(b, x, W)``, ``mm(x, W)``, ``matmul(x, W)``: GPT-2's Conv1D and hand-written ``x @ W``), so
-  fusion, pruning and quantization see one GEMM vocabulary.
+  (``addmm(b, x, W)``, ``mm(x, W)``, ``matmul(x, W)``: GPT-2's Conv1D and hand-written ``x @ W``; and
+  ``x @ W.T``, Falcon's linear, which needs no copy at all), so fusion, pruning and quantization see one GEMM
+  vocabulary;
+* write convs with string padding (``padding="same"/"valid"``, ``aten.conv2d.padding``) as plain convs with
+  integer padding (an explicit ``constant_pad_nd`` first where "same" pads one side more), so fold-bn,
+  fusion, pruning, quantization and the MAC count see them.
 
 Running export's own ``run_decompositions({})`` would functionalize too, but costs about a second on
 BERT-base, more than the rest of the pipeline together.
@@ -96,6 +100,8 @@ def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
             stats["asserts_removed"] += 1
         elif node.target in _CONST_RHS_GEMMS and _gemm_to_linear(gm, node, readers):
             stats["gemm_to_linear"] += 1
+        elif node.target in _STRING_PADDING_CONVS and _explicit_padding(gm, node):
+            stats["conv_padding_explicit"] = stats.get("conv_padding_explicit", 0) + 1
         elif node.target in _EVAL_IDENTITY and _dropout_is_eval(node):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
@@ -143,6 +149,17 @@ def _gemm_to_linear(gm: fx.GraphModule, node: fx.Node, readers: dict[str, int]) 
             return False
         x, w_node = node.args
         bias = None
+    if _transposed_constant(gm, w_node) is not None:
+        # x @ W.T with W [N, K] stored as a Linear stores it  =>  linear(x, W): the weight is already in layout
+        transposed = w_node
+        with gm.graph.inserting_before(node):
+            linear = gm.graph.call_function(aten.linear.default, (x, transposed.args[0], bias))
+        linear.meta.update(node.meta)
+        node.replace_all_uses_with(linear)
+        gm.graph.erase_node(node)
+        if not transposed.users:
+            gm.graph.erase_node(transposed)
+        return True
     if not isinstance(w_node, fx.Node) or w_node.op != "get_attr":
         return False
     w = get_attr_tensor(gm, w_node)
@@ -165,6 +182,62 @@ def _gemm_to_linear(gm: fx.GraphModule, node: fx.Node, readers: dict[str, int]) 
         linear = gm.graph.call_function(aten.linear.default, (x, weight_node, bias))
     linear.meta.update(node.meta)
     node.replace_all_uses_with(linear)
+    gm.graph.erase_node(node)
+    return True
+
+
+def _transposed_constant(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    """The 2-D float constant ``W`` if ``node`` is ``W.t()`` / ``W.transpose(0, 1)`` / ``W.T``, else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return None
+    if node.target in (aten.t.default, aten.numpy_T.default):
+        pass
+    elif node.target is aten.transpose.int:
+        if sorted(d % 2 for d in node.args[1:3]) != [0, 1]:
+            return None
+    elif node.target is aten.permute.default:
+        if [d % 2 for d in node.args[1]] != [1, 0]:
+            return None
+    else:
+        return None
+    src = node.args[0]
+    w = get_attr_tensor(gm, src) if isinstance(src, fx.Node) and src.op == "get_attr" else None
+    return w if w is not None and w.dim() == 2 and w.is_floating_point() else None
+
+
+_STRING_PADDING_CONVS = {aten.conv1d.padding: aten.conv1d.default, aten.conv2d.padding: aten.conv2d.default,
+                         aten.conv3d.padding: aten.conv3d.default}
+
+
+def _explicit_padding(gm: fx.GraphModule, node: fx.Node) -> bool:
+    # conv(x, W, b, stride, "same"|"valid", dilation, groups)  =>  conv(x | pad(x), W, b, stride, int padding, ...)
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    defaults = {"bias": None, "stride": 1, "padding": "valid", "dilation": 1, "groups": 1}
+    a = {n: node.args[i] if i < len(node.args) else node.kwargs.get(n, defaults.get(n)) for i, n in enumerate(names)}
+    w = a["weight"].meta.get("val") if isinstance(a["weight"], fx.Node) else None
+    if not isinstance(w, torch.Tensor) or a["padding"] not in ("same", "valid"):
+        return False
+    kernel = [int(k) for k in w.shape[2:]]
+    dims = len(kernel)
+    dilation, stride = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (a["dilation"], a["stride"]))
+    dilation, stride = (v * dims if len(v) == 1 else v for v in (dilation, stride))
+    if a["padding"] == "valid":
+        total = [0] * dims
+    else:  # torch: "same" (stride 1 only) pads d*(k-1) in all, the odd one on the right
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    left = [t // 2 for t in total]
+    x = a["input"]
+    with gm.graph.inserting_before(node):
+        if any(t % 2 for t in total):
+            pads = []
+            for lo, t in zip(reversed(left), reversed(total)):  # constant_pad_nd lists the last dim first
+                pads += [lo, t - lo]
+            x = gm.graph.call_function(aten.constant_pad_nd.default, (x, pads, 0.0))
+            left = [0] * dims
+        conv = gm.graph.call_function(_STRING_PADDING_CONVS[node.target],
+                                      (x, a["weight"], a["bias"], stride, left, dilation, a["groups"]))
+    conv.meta.update(node.meta)
+    node.replace_all_uses_with(conv)
     gm.graph.erase_node(node)
     return True
 

@@ -1,0 +1,129 @@
+"""Honest coverage: the fraction of GEMM weight parameters a graph holds in int8, and the biggest left out.
+
+A *GEMM weight* is a constant of rank >= 2 that reaches the weight operand of a matrix product or convolution,
+directly or through shape-only ops: ``linear``/``conv`` weights, ``x @ W.T`` (Falcon), 3-D expert weights
+indexed per expert (Mixtral, Qwen2-MoE), RNN weight matrices. Layers are not counted: one Linear of 4096x4096
+weighs more than a hundred small ones, so the figure is in parameters. Embedding tables are lookups, not
+GEMMs, and are left out of both sides.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from ..ir.graph_utils import get_attr_tensor, op_name
+
+aten = torch.ops.aten
+sgops = torch.ops.slimgraph
+
+# ops whose weight operand (by position) is a GEMM weight in float
+_FLOAT_GEMMS = {
+    aten.linear.default: (1,), aten.mm.default: (0, 1), aten.matmul.default: (0, 1), aten.bmm.default: (0, 1),
+    aten.addmm.default: (1, 2), aten.baddbmm.default: (1, 2), aten.conv1d.default: (1,), aten.conv2d.default: (1,),
+    aten.conv3d.default: (1,), aten.conv1d.padding: (1,), aten.conv2d.padding: (1,), aten.conv3d.padding: (1,),
+    aten.convolution.default: (1,), aten.conv_transpose1d.default: (1,), aten.conv_transpose2d.input: (1,),
+    aten.conv_transpose3d.input: (1,), aten.einsum.default: (1,),
+}
+# shape-only ops a weight may pass through on its way to a GEMM
+_VIEWS = {aten.t.default, aten.transpose.int, aten.permute.default, aten.view.default, aten.reshape.default,
+          aten._unsafe_view.default, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
+          aten.contiguous.default, aten.clone.default, aten._to_copy.default, aten.to.dtype, aten.select.int,
+          aten.slice.Tensor, aten.index.Tensor, aten.split.Tensor, aten.chunk.default, aten.unbind.int,
+          aten.split_with_sizes.default, aten.detach.default, aten.alias.default, operator.getitem}
+_RNNS = {aten.lstm.input, aten.gru.input, aten.rnn_tanh.input, aten.rnn_relu.input}
+
+
+@dataclass
+class LeftOut:
+    name: str  # the constant's attribute path
+    numel: int
+    reason: str
+
+
+@dataclass
+class Coverage:
+    int8_params: int = 0
+    float_params: int = 0
+    left_out: list[LeftOut] = field(default_factory=list)  # biggest first
+
+    @property
+    def fraction(self) -> float:
+        total = self.int8_params + self.float_params
+        return self.int8_params / total if total else 1.0
+
+    def summary(self, limit: int = 3) -> str:
+        head = (f"{100 * self.fraction:.1f}% of GEMM weight parameters in int8 "
+                f"({self.int8_params:,} of {self.int8_params + self.float_params:,})")
+        if self.left_out:
+            head += "; biggest left in float: " + "; ".join(f"{x.name} ({x.numel:,}): {x.reason}"
+                                                             for x in self.left_out[:limit])
+        return head
+
+
+def _weight_consumer(node: fx.Node, depth: int = 0) -> fx.Node | None:
+    """The GEMM that reads ``node`` (a constant or a view of one) as a weight operand, if any."""
+    if depth > 8:
+        return None
+    for user in node.users:
+        if user.op != "call_function":
+            continue
+        positions = _float_gemms().get(user.target)
+        if positions is not None and any(i < len(user.args) and user.args[i] is node for i in positions):
+            return user
+        if user.target in _RNNS and any(node in (a if isinstance(a, (list, tuple)) else [a]) for a in user.args):
+            return user
+        if user.target in _VIEWS and user.args and user.args[0] is node:
+            found = _weight_consumer(user, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _float_gemms() -> dict:
+    # slimgraph's fused float ops are registered when their package is imported: look them up late
+    extra = {getattr(sgops, n).default: (1,) for n in ("linear_act", "conv_act") if hasattr(sgops, n)}
+    return {**_FLOAT_GEMMS, **extra}
+
+
+def _int8_gemm_ops() -> set:
+    names = ("qlinear_static", "qlinear_dynamic", "qlinear_w8a16", "qconv_static", "qconv_dynamic", "qconv_w8a16",
+             "qbmm_dynamic", "qbmm_w8a16", "qrnn_dynamic")
+    return {getattr(sgops, n).default for n in names if hasattr(sgops, n)}
+
+
+def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = None) -> Coverage:
+    """Count GEMM weight parameters of ``gm``: int8 ones read by slimgraph int8 ops vs float ones read by GEMMs.
+
+    ``reasons`` maps a node name (the GEMM) to why it stayed in float, for the left-out list.
+    """
+    reasons = reasons or {}
+    cov = Coverage()
+    int8_ops = _int8_gemm_ops()
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or node.target in seen:
+            continue
+        t = get_attr_tensor(gm, node)
+        if t is None or t.dim() < 2:
+            continue
+        if t.dtype == torch.int8:
+            if any(u.op == "call_function" and u.target in int8_ops for u in node.users):
+                seen.add(node.target)
+                cov.int8_params += t.numel()
+            continue
+        if not t.is_floating_point():
+            continue
+        consumer = _weight_consumer(node)
+        if consumer is None:
+            continue
+        seen.add(node.target)
+        cov.float_params += t.numel()
+        why = reasons.get(consumer.name) or f"read by {op_name(consumer.target)} ({consumer.name}), which has no " \
+                                             "int8 rewrite"
+        cov.left_out.append(LeftOut(str(node.target), t.numel(), why))
+    cov.left_out.sort(key=lambda x: -x.numel)
+    return cov
