@@ -110,7 +110,7 @@ def write_report(result: CompressResult, original: fx.GraphModule) -> None:
         "![metric against size and latency per stage](tradeoff.png)", "",
         *_not_pruned_md(result),
         "## Checks", "", *(f"- {k}: {v}" for k, v in result.checks.items()), "",
-        "## Files", "", *(f"- {k}: `{Path(v).name}`" for k, v in result.files.items()), "",
+        "## Files", "", *(f"- {k}: `{_relative(v, out)}`" for k, v in result.files.items()), "",
         "## Layers: before vs after", "", "![per-layer parameters and MACs](layers.png)", "",
         "### Final model", "", "```", inspect_table(result.final, limit=50), "```", "",
     ]
@@ -167,6 +167,13 @@ def _metric_names(result: CompressResult) -> list[str]:
     for s in result.stages:
         names += [k for k in s.metrics if k not in names]
     return names
+
+
+def _relative(path: str, out: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _pct(value: float, base: float) -> str:

@@ -59,9 +59,16 @@ def disk_sizes(result) -> None:
     from .serialize import save
 
     with tempfile.TemporaryDirectory(prefix="slimgraph-sizes-") as tmp:
+        # with an output directory every stage's archive is kept: `python -m slimgraph.demos.retime DIR`
+        # re-times them independently of this run
+        folder = result.out_dir / "stages" if result.out_dir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for i, stage in enumerate(result.stages):
             graph = stage.module if isinstance(stage.module, fx.GraphModule) and i else result.original
-            stage.disk_bytes = Path(save(graph, Path(tmp) / f"{i}.slimgraph")).stat().st_size
+            path = Path(save(graph, folder / f"{stage.name}.slimgraph"))
+            stage.disk_bytes = path.stat().st_size
+            if result.out_dir is not None:
+                result.files[f"stage {stage.name}"] = str(path)
     if result.settings.get("entropy"):
         if result.out_dir is None:
             with tempfile.TemporaryDirectory(prefix="slimgraph-sizes-") as tmp:
