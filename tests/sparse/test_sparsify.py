@@ -187,3 +187,28 @@ def test_auto_skips_timing_csr_where_it_would_read_more_bytes_than_dense(monkeyp
     for row in last_report(sp).layers:
         assert not row.lowered_to and not row.times_ms
         assert row.reason.startswith("CSR would read 1.0")
+
+
+def test_lower_sparse_lowers_a_fine_tuned_graph_without_re_ranking(mlp, x):
+    sp = sg.sparsify(mlp, (x,), sparsity=0.8, lower="off")
+    zeros_before = {k: tensor(sp, k) == 0 for k in sg.graph_info(sp).sparsity}
+    with torch.no_grad():  # "fine-tuning": the surviving weights move, the zeros stay
+        for k, zero in zeros_before.items():
+            tensor(sp, k).add_(torch.randn_like(tensor(sp, k)) * 0.01 * ~zero)
+    expected = sp(x)
+    fast = sg.PassManager("lower-sparse{lower=always}", check_numerics=True).run(sp).gm
+    assert sum(n.target == torch.ops.slimgraph.sparse_linear.default for n in fast.graph.nodes) == 3
+    report = last_report(fast)
+    assert [r.zeros for r in report.layers] == [int(z.sum()) for z in zeros_before.values()]
+    torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5)
+    untouched = sg.PassManager("lower-sparse").run(sg.capture(mlp, (x,))).gm  # nothing recorded: a no-op
+    assert "run sparsify first" in " ".join(last_report(untouched).notes)
+
+
+def test_lower_sparse_refuses_a_weight_that_broke_its_pattern(mlp, x):
+    sp = sg.sparsify(mlp, (x,), pattern="2:4", lower="off")
+    with torch.no_grad():
+        w = tensor(sp, "fc1.weight")
+        w[0, :4] = 1.0  # a whole group of four non-zero
+    with pytest.raises(sg.PassError, match=r"fc1.weight.*breaks pattern 2:4.*row 0"):
+        sg.PassManager("lower-sparse").run(sp)
