@@ -3,7 +3,9 @@
 Each op is an opaque ``torch.library.custom_op`` with a fake implementation (torch.compile and torch.export
 trace it without running it), a MACs rule for reports, and an implementation that calls the kernels of
 :mod:`slimgraph.kernels`: the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``), their pure-torch reference
-on CPU. Weights are real int8 tensors with float32 per-output-channel scales; nothing is fake-quantized.
+on CPU, except that int8 Linear and Conv on CPU run through oneDNN's int8 kernels where the CPU has them
+(:mod:`slimgraph.quant.cpu_int8`; the reference otherwise). Weights are real int8 tensors with float32
+per-output-channel scales; nothing is fake-quantized.
 
 Boundary ops (float -> int8)::
 
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from ..ir.cost import conv_macs, linear_macs, matmul_macs, register_macs
 from ..kernels import int8_conv2d, int8_matmul, layernorm_quantize, quantize_per_token, w8a16_matmul
 from ..kernels.epilogue import apply_activation
+from . import cpu_int8
 
 __all__ = ["ACT_QMAX", "ACT_QMIN", "BOUNDARY_OPS", "QUANTIZED_COMPUTE_OPS", "quantize_tensor_reference",
            "quantize_weight"]
@@ -142,6 +145,9 @@ _CONV_GEOMETRY = "int[] stride, int[] padding, int[] dilation, int groups, str a
 @torch.library.custom_op("slimgraph::qlinear_static", mutates_args=(),
                          schema=f"({_QLINEAR_ARGS}, Tensor? out_scale, ScalarType out_dtype) -> Tensor")
 def _qlinear_static(x, x_scale, w, w_scale, bias, act, out_scale, out_dtype):
+    y = cpu_int8.qlinear(x, x_scale, w, w_scale, bias, act, out_scale, out_dtype)
+    if y is not None:
+        return y
     dtype = out_dtype if out_scale is None else torch.float32
     y = int8_matmul(x.contiguous(), w, x_scale.reshape(1), w_scale, bias, act, dtype)
     return _requantize(y, out_scale, out_dtype)
@@ -155,6 +161,9 @@ def _(x, x_scale, w, w_scale, bias, act, out_scale, out_dtype):
 @torch.library.custom_op("slimgraph::qlinear_dynamic", mutates_args=(),
                          schema=f"({_QLINEAR_ARGS}, ScalarType out_dtype) -> Tensor")
 def _qlinear_dynamic(x, x_scale, w, w_scale, bias, act, out_dtype):
+    y = cpu_int8.qlinear(x, x_scale, w, w_scale, bias, act, None, out_dtype, per_row=True)
+    if y is not None:
+        return y
     return int8_matmul(x.contiguous(), w, x_scale.contiguous(), w_scale, bias, act, out_dtype)
 
 
@@ -168,6 +177,9 @@ def _(x, x_scale, w, w_scale, bias, act, out_dtype):
     schema=f"(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, {_CONV_GEOMETRY}, Tensor? out_scale, "
     "ScalarType out_dtype) -> Tensor")
 def _qconv_static(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups, act, out_scale, out_dtype):
+    y = cpu_int8.qconv(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups, act, out_scale, out_dtype)
+    if y is not None:
+        return y
     dtype = out_dtype if out_scale is None else torch.float32
     y = _conv_nd(x, w, x_scale, w_scale, bias, stride, padding, dilation, groups, act, dtype)
     return _requantize(y, out_scale, out_dtype).contiguous()
@@ -184,6 +196,9 @@ def _(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups, act, out_
     schema=f"(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, {_CONV_GEOMETRY}, "
     "ScalarType out_dtype) -> Tensor")
 def _qconv_dynamic(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups, act, out_dtype):
+    y = cpu_int8.qconv(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups, act, None, out_dtype)
+    if y is not None:
+        return y
     return _conv_nd(x, w, x_scale, w_scale, bias, stride, padding, dilation, groups, act, out_dtype).contiguous()
 
 

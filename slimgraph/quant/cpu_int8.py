@@ -1,0 +1,220 @@
+"""The real int8 path on x86 CPUs: oneDNN's int8 GEMM and convolution, as shipped in the torch CPU wheel.
+
+The ``torch.ops.slimgraph`` int8 ops (:mod:`slimgraph.quant.ops`) call :func:`qlinear` / :func:`qconv` first on
+CPU tensors; a ``None`` answer means "not here" and the op runs its pure-torch reference instead, so a graph stays
+runnable on every CPU. The arithmetic is the reference's: int8 x int8 products summed exactly in int32, then
+``acc * x_scale * w_scale[oc] + bias`` and the activation in fp32 (oneDNN applies scale, bias and activation
+in its epilogue; only the order of the two scale multiplications differs, i.e. a float32 rounding step), and for
+an int8 output the saturating requantization of ONNX QuantizeLinear (round half to even).
+
+When oneDNN runs (:func:`available`):
+  * x86-64 CPU, torch built with oneDNN (``torch.backends.mkldnn``), the ``torch.ops.onednn`` int8 ops present
+    and a one-time smoke test passing. Elsewhere (ARM, a build without oneDNN) the reference runs.
+  * ``SLIMGRAPH_ONEDNN=0`` in the environment turns the path off (to compare against the reference, or to rule
+    it out when debugging).
+
+Weights are prepacked once into oneDNN's blocked layout and cached per weight tensor (weakly: the cache entry
+goes when the weight does; an in-place change of the weight, seen through its version counter, repacks it).
+
+Two oneDNN constraints shape the calls:
+  * fast kernels take unsigned activations only (the conv refuses int8 input; the GEMM accepts it but runs a
+    reference loop, 1000x slower): the int8 input is mapped to uint8 with zero point 128 by flipping the sign
+    bit (``q ^ 0x80 == q + 128``), which is exact;
+  * its per-tensor activation scale is one number: per-row (dynamic, per-token) scales multiply the int32 GEMM
+    result after the call, before the bias, as in the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from functools import cache
+
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from ..kernels.epilogue import apply_activation
+
+__all__ = ["available", "cache_info", "clear_cache", "qconv", "qlinear"]
+
+log = logging.getLogger("slimgraph")
+
+# slimgraph activation -> oneDNN (post-op name, scalars, algorithm); the rest runs after the call in torch.
+_LINEAR_POST_OPS = {
+    "none": ("none", [], ""),
+    "relu": ("relu", [], ""),
+    "relu6": ("hardtanh", [0.0, 6.0], ""),
+    "gelu": ("gelu", [], "none"),
+    "gelu_tanh": ("gelu", [], "tanh"),
+    "silu": ("swish", [], ""),
+    "tanh": ("tanh", [], ""),
+    "hardswish": ("hardswish", [], ""),
+}
+_CONV_POST_OPS = {"none": ("none", [], ""), "relu": ("relu", [], "")}
+_ZERO_POINT = 128  # int8 activations enter oneDNN as uint8 q + 128 (see the module docstring)
+
+_packed: WeakTensorKeyDictionary = WeakTensorKeyDictionary()  # weight -> {layout key: (version, packed, zero pts)}
+_stats = {"packs": 0, "hits": 0}
+
+
+def _disabled_by_env() -> bool:
+    return os.environ.get("SLIMGRAPH_ONEDNN", "1").strip().lower() in ("0", "false", "off", "no")
+
+
+@cache
+def _onednn_works() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False  # oneDNN's int8 ops are built for x86 in the torch wheels; ARM builds use other backends
+    if not torch.backends.mkldnn.is_available():
+        return False
+    ops = getattr(torch.ops, "onednn", None)
+    try:
+        qlinear_op, qconv_op = ops.qlinear_pointwise, ops.qconv2d_pointwise
+        w = torch.ones(2, 4, dtype=torch.int8)
+        y = qlinear_op(torch.full((1, 4), 129, dtype=torch.uint8), 1.0, _ZERO_POINT, ops.qlinear_prepack(w, None),
+                       torch.ones(2), torch.zeros(2, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [], "")
+        cw = torch.ones(2, 1, 1, 1, dtype=torch.int8)
+        packed = ops.qconv_prepack(cw, torch.ones(2), 1.0, _ZERO_POINT, [1, 1], [0, 0], [1, 1], 1, None)
+        z = qconv_op(torch.full((1, 1, 2, 2), 129, dtype=torch.uint8), 1.0, _ZERO_POINT, packed, torch.ones(2),
+                     torch.zeros(2, dtype=torch.int64), None, [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none",
+                     [], "")
+        return bool(torch.equal(y, torch.full((1, 2), 4.0)) and torch.equal(z, torch.ones(1, 2, 2, 2)))
+    except (AttributeError, RuntimeError, NotImplementedError) as exc:
+        log.info("oneDNN int8 ops unavailable, int8 layers use the torch reference on CPU (%s)", exc)
+        return False
+
+
+def available() -> bool:
+    """True when int8 Linear/Conv on CPU tensors run through oneDNN (see the module docstring for when)."""
+    return not _disabled_by_env() and _onednn_works()
+
+
+def clear_cache() -> None:
+    _packed.clear()
+    _stats.update(packs=0, hits=0)
+
+
+def cache_info() -> dict:
+    """``{"packs": weights packed so far, "hits": calls that reused a packed weight, "weights": cached now}``."""
+    return {**_stats, "weights": len(_packed)}
+
+
+def _prepacked(w: torch.Tensor, key: tuple, pack) -> tuple[torch.Tensor, torch.Tensor]:
+    per_weight = _packed.get(w)
+    if per_weight is None:
+        per_weight = _packed[w] = {}
+    entry = per_weight.get(key)
+    if entry is not None and entry[0] == w._version:
+        _stats["hits"] += 1
+        return entry[1], entry[2]
+    with torch.no_grad():
+        packed = pack()
+    zero_points = torch.zeros(w.shape[0], dtype=torch.int64)
+    per_weight[key] = (w._version, packed, zero_points)
+    _stats["packs"] += 1
+    return packed, zero_points
+
+
+def _usable(*tensors: torch.Tensor | None) -> bool:
+    return available() and all(t is None or t.device.type == "cpu" for t in tensors)
+
+
+def _float_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.to(torch.float32)
+
+
+def qlinear(x, x_scale, w, w_scale, bias, act: str, out_scale, out_dtype: torch.dtype, *,
+            per_row: bool = False) -> torch.Tensor | None:
+    """``act((x @ w.T) * x_scale * w_scale + bias)`` through oneDNN, or None where it does not apply.
+
+    ``x`` int8 ``[..., K]``; ``x_scale`` one element (static) or, with ``per_row``, one per row shaped
+    ``x.shape[:-1]`` (dynamic);
+    ``w`` int8 ``[N, K]``, ``w_scale`` float32 ``[N]``; ``out_scale`` (static only) asks for the int8 requantized
+    output. Returns ``out_dtype`` (or int8 with ``out_scale``) ``[..., N]``.
+    """
+    if not _usable(x, w, bias) or x.dtype != torch.int8 or w.dtype != torch.int8 or w.dim() != 2:
+        return None
+    if (x_scale.numel() != 1 and not per_row) or (per_row and out_scale is not None):
+        return None
+    ops = torch.ops.onednn
+    packed, w_zero = _prepacked(w, ("linear",), lambda: ops.qlinear_prepack(w, None))
+    w_scale = w_scale.to(torch.float32).reshape(-1).expand(w.shape[0]).contiguous()
+    xu = _as_uint8(x.contiguous())
+    if per_row:
+        # Row scales cannot go into the oneDNN call: scale the exact int32 sums afterwards, then bias, activation.
+        y = ops.qlinear_pointwise(xu, 1.0, _ZERO_POINT, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none",
+                                  [], "")
+        y.mul_(x_scale.to(torch.float32).reshape(*x.shape[:-1], 1))
+        if bias is not None:
+            y.add_(bias.to(torch.float32))
+        return apply_activation(y, act).to(out_dtype)
+    name, scalars, algorithm = _LINEAR_POST_OPS.get(act, ("none", [], ""))
+    fused = act in _LINEAR_POST_OPS
+    x_scale = x_scale.to(torch.float32).reshape(())
+    zero_point = torch.full((), _ZERO_POINT, dtype=torch.int64)
+    if out_scale is not None and fused:
+        return ops.qlinear_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
+                                            float(out_scale), 0, torch.int8, name, scalars, algorithm)
+    y = ops.qlinear_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias), 1.0, 0,
+                                     torch.float32, name, scalars, algorithm)
+    if not fused:
+        y = apply_activation(y, act)
+    return y.to(out_dtype) if out_scale is None else _requantize(y, out_scale)
+
+
+def _as_uint8(q: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_xor(q.view(torch.uint8), 0x80)  # int8 q -> uint8 q + 128, exactly
+
+
+def _requantize(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
+    from .ops import quantize_tensor_reference
+
+    return quantize_tensor_reference(y, out_scale)
+
+
+def qconv(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups: int, act: str, out_scale,
+          out_dtype: torch.dtype) -> torch.Tensor | None:
+    """int8 conv1d/conv2d (NCHW int8 ``x``, OIHW int8 ``w``, one ``x_scale``) through oneDNN, or None.
+
+    Same contract as the ``qconv_static`` / ``qconv_dynamic`` ops: ``act(conv(x, w) * x_scale * w_scale + bias)``
+    as ``out_dtype``, or requantized to int8 with ``out_scale``. The result is NCHW-contiguous like the reference.
+    """
+    if not _usable(x, w, bias) or x.dtype != torch.int8 or w.dtype != torch.int8 or x_scale.numel() != 1:
+        return None
+    if w.dim() not in (3, 4) or x.dim() != w.dim():
+        return None
+    conv1d = w.dim() == 3
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    if conv1d:  # a 1xL conv2d
+        stride, padding, dilation = [1, stride[0]], [0, padding[0]], [1, dilation[0]]
+    geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    ops = torch.ops.onednn
+    w_scale = w_scale.to(torch.float32).reshape(-1).expand(w.shape[0]).contiguous()
+
+    def pack():
+        weight = w.unsqueeze(2) if conv1d else w
+        return ops.qconv_prepack(weight, w_scale, 1.0, _ZERO_POINT, stride, padding, dilation, groups, None)
+
+    packed, w_zero = _prepacked(w, ("conv", *geometry), pack)
+    xu = _as_uint8(x)
+    if conv1d:
+        xu = xu.unsqueeze(2)
+    name, scalars, algorithm = _CONV_POST_OPS.get(act, ("none", [], ""))
+    fused = act in _CONV_POST_OPS
+    x_scale = x_scale.to(torch.float32).reshape(())
+    zero_point = torch.full((), _ZERO_POINT, dtype=torch.int64)
+    if out_scale is not None and fused:
+        y = ops.qconv2d_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
+                                         stride, padding, dilation, groups, float(out_scale), 0, torch.int8, name,
+                                         scalars, algorithm)
+    else:
+        y = ops.qconv2d_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
+                                         stride, padding, dilation, groups, 1.0, 0, torch.float32, name, scalars,
+                                         algorithm)
+        if not fused:
+            y = apply_activation(y, act)
+        y = y.to(out_dtype) if out_scale is None else _requantize(y, out_scale)
+    if conv1d:
+        y = y.squeeze(2)
+    return y.contiguous()
