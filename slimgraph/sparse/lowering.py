@@ -135,6 +135,9 @@ def lower_layers(gm: fx.GraphModule, layers: list[Layer], rows: dict[str, LayerS
     if timer is None:
         from ..autotune import default_timer as timer
     lowered = 0
+    # read every layer's input example first: a layer fed by one lowered before it sees a node without metadata
+    inputs = {layer.weight: _example_input(layer.nodes[0], get_attr_tensor(gm, layer.nodes[0].args[1]))
+              for layer in layers}
     for layer in layers:
         row = rows[layer.weight]
         parts = [_linear_parts(gm, node) for node in layer.nodes]
@@ -142,7 +145,7 @@ def lower_layers(gm: fx.GraphModule, layers: list[Layer], rows: dict[str, LayerS
             row.reason = problem
             continue
         w = get_attr_tensor(gm, layer.nodes[0].args[1])
-        x = _example_input(layer.nodes[0], w)
+        x = inputs[layer.weight]
         if x is None or x.dtype != w.dtype:
             row.reason = "no float input of the weight's dtype was recorded at capture"
             continue

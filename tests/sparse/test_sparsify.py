@@ -212,3 +212,13 @@ def test_lower_sparse_refuses_a_weight_that_broke_its_pattern(mlp, x):
         w[0, :4] = 1.0  # a whole group of four non-zero
     with pytest.raises(sg.PassError, match=r"fc1.weight.*breaks pattern 2:4.*row 0"):
         sg.PassManager("lower-sparse").run(sp)
+
+
+def test_fused_linear_act_lowers_with_its_activation(mlp, x):
+    fused = sg.optimize(mlp, (x,), pipeline="fuse")
+    assert any(n.target == torch.ops.slimgraph.linear_act.default for n in fused.graph.nodes)
+    dense = sg.sparsify(fused, sparsity=0.85, lower="off")
+    lowered = sg.sparsify(fused, sparsity=0.85, lower="always")
+    acts = [n.args[-1] for n in lowered.graph.nodes if n.target == torch.ops.slimgraph.sparse_linear.default]
+    assert sorted(acts) == ["none", "relu", "relu"]
+    torch.testing.assert_close(lowered(x), dense(x), rtol=1e-5, atol=1e-5)
