@@ -31,6 +31,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..autotune import Timer
 from ..ir.graph_utils import _getattr_path, add_constant, get_attr_tensor, remove_unused_attributes
 from ..ir.info import graph_info
 from ..ir.propagate import copy_provenance
@@ -39,12 +40,12 @@ from ..kernels.epilogue import apply_activation
 from ..numerics import compare_outputs
 from ..ops.semi_structured_linear import semi_structured_problem, to_semi_structured
 from ..ops.sparse_linear import register_onnx_translation, to_csr
+from ..quant.targets import _arg
 from .layers import Layer
 from .patterns import Pattern
 from .report import LayerSparsity
 
 LOWER_MODES = ("auto", "always", "off")
-Timer = Callable[[Callable[[], object]], float]  # milliseconds, like slimgraph.autotune.Timer
 ROUNDS = 3
 MARGIN = 0.05  # a sparse form must beat dense by this fraction: a tie within timing noise is not worth a new op
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}  # relative; half precision: 1e-2
@@ -96,10 +97,6 @@ FORMS = {
 }
 OP_NAMES = {"csr": "slimgraph.sparse_linear (CSR)", "bsr": "slimgraph.block_sparse_matmul (Triton BSR)",
             "2:4": "slimgraph.semi_structured_linear (2:4 tensor cores)"}
-
-
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
 def _linear_parts(gm: fx.GraphModule, node: fx.Node):
