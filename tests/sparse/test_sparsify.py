@@ -222,3 +222,29 @@ def test_fused_linear_act_lowers_with_its_activation(mlp, x):
     acts = [n.args[-1] for n in lowered.graph.nodes if n.target == torch.ops.slimgraph.sparse_linear.default]
     assert sorted(acts) == ["none", "relu", "relu"]
     torch.testing.assert_close(lowered(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+class HandWritten(torch.nn.Module):
+    """``x @ W.T + b`` and ``x @ V`` written by hand: canonicalized to aten.linear at capture, so candidates too."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(32, 24))
+        self.b = torch.nn.Parameter(torch.randn(32))
+        self.v = torch.nn.Parameter(torch.randn(32, 16))
+
+    def forward(self, x):
+        return torch.relu(x @ self.w.T + self.b) @ self.v
+
+
+def test_hand_written_matmuls_are_sparsified():
+    model, x = HandWritten().eval(), torch.randn(5, 24)
+    sp = sg.sparsify(model, (x,), sparsity=0.75, scope="local", lower="always")
+    report = last_report(sp)
+    assert len(report.layers) == 2 and all(r.sparsity == 0.75 for r in report.layers)
+    assert len(report.lowered) == 2
+    dense = sg.sparsify(model, (x,), sparsity=0.75, scope="local", lower="off")
+    torch.testing.assert_close(sp(x), dense(x), rtol=1e-5, atol=1e-5)
+    w = model.w.detach()
+    kept = tensor(dense, next(k for k in sg.graph_info(dense).sparsity if tensor(dense, k).shape == (32, 24)))
+    assert torch.equal(kept != 0, w.abs() > w.abs().flatten().kthvalue(round(0.75 * w.numel())).values)
