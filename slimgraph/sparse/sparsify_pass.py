@@ -92,6 +92,9 @@ class Sparsify(Pass):
         layers = find_layers(gm)  # graph order, the report's row order
         kept, ignored, notes = select(layers, self.ignore)
         report.notes.extend(notes)
+        if self.data is not None and self.importance != "act":
+            report.notes.append(f"data was given but importance={self.importance!r} ranks by magnitude only; "
+                                "pass importance='act' to use it")
         if pattern.kind == "n:m":
             for layer in kept:
                 shape = get_attr_tensor(gm, layer.nodes[0].args[1]).shape

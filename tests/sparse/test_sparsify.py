@@ -90,6 +90,8 @@ def test_l2_ranks_elements_like_l1_and_act_follows_the_input_scale(mlp, x):
     expected_zero = score <= score.flatten().kthvalue(round(0.5 * w.numel())).values
     assert torch.equal(tensor(act, "fc1.weight") == 0, expected_zero)
     assert not torch.equal(tensor(act, "fc1.weight") == 0, tensor(l1, "fc1.weight") == 0)
+    unused = sg.sparsify(mlp, (x,), sparsity=0.5, data=data, **OFF)
+    assert any("importance='act' to use it" in n for n in last_report(unused).notes)
 
 
 def test_convs_including_padding_same_and_grouped_are_candidates():
