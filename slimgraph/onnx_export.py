@@ -23,7 +23,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import InputError, SlimgraphError
-from .ir.capture import _batch_dynamic_shapes, capture
+from .ir import dynamic
+from .ir.capture import capture
 from .ir.info import GRAPH_KEY, graph_info
 
 
@@ -54,7 +55,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = _dynamic_batch(gm, args, kwargs)
+    dynamic = _dynamic_shapes(gm, args, kwargs)
     attempts = [dynamic, None] if dynamic is not None else [None]
     failures = []
     for shapes in attempts:
@@ -79,11 +80,11 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
     return path
 
 
-def _dynamic_batch(gm: fx.GraphModule, args: tuple, kwargs: dict):
-    """dynamic_shapes marking dim 0 of every batched input, when the captured graph's batch is dynamic."""
-    if not graph_info(gm).dynamic_batch:
-        return None
-    return _batch_dynamic_shapes(gm, args, kwargs)  # the same rule capture used
+def _dynamic_shapes(gm: fx.GraphModule, args: tuple, kwargs: dict):
+    """dynamic_shapes keeping symbolic exactly the input dims the captured graph keeps symbolic."""
+    dims = graph_info(gm).dynamic_dims
+    spec = dynamic.spec_for_dims(gm, args, kwargs, dims) if dims else None
+    return dynamic.export_spec(spec, args, kwargs, gm)
 
 
 @contextlib.contextmanager

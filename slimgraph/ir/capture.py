@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.export import Dim
+import torch.utils._pytree as pytree
 
 from ..errors import CaptureError, InputError
+from . import dynamic
 from .canonicalize import canonicalize
 from .graph_utils import add_constant, remove_unused_attributes
 from .info import GRAPH_KEY, GraphInfo
@@ -42,6 +43,7 @@ def capture(
     share_weights: bool = False,
     constant_inputs: Sequence[int] = (),
     dynamic_shapes=None,
+    dynamic_budget_s: float | None = None,
 ) -> fx.GraphModule:
     """Capture ``model`` at the example inputs into a canonical fx GraphModule.
 
@@ -49,19 +51,28 @@ def capture(
         model: the module to capture (left untouched; it is traced in eval mode).
         example_inputs: tuple of positional inputs (a single tensor is accepted too).
         example_kwargs: keyword inputs, e.g. ``{"attention_mask": mask}``.
-        dynamic_batch: keep dim 0 of every input symbolic when its example size is >= 2, so the
-            captured module accepts other batch sizes. Falls back to static shapes if that fails.
+        dynamic_batch: keep input dims symbolic where the model allows it (batch, sequence, image size), so
+            the captured module accepts other shapes; see :mod:`slimgraph.ir.dynamic` for the fallback ladder.
+            ``False`` captures static shapes.
         share_weights: reuse the model's tensors instead of private copy-on-write copies (the result
             then aliases the caller's weights; only for inference-only flows such as the compile backend).
         constant_inputs: for dynamo-captured GraphModules: indices of ``example_inputs`` that are
             parameters or buffers lifted to inputs; they become constants of the returned module,
             which then takes only the remaining inputs.
         dynamic_shapes: an explicit ``torch.export`` dynamic-shapes spec (for the inputs left after
-            ``constant_inputs``); overrides ``dynamic_batch``.
+            ``constant_inputs``); overrides ``dynamic_batch``. A spec the model cannot satisfy raises
+            CaptureError (it never falls back to static shapes).
+        dynamic_budget_s: seconds each dynamic attempt may trace before capture steps down a rung
+            (default: grows with the model, ``$SLIMGRAPH_DYNAMIC_BUDGET_S`` overrides; 0 = unbounded).
+
+    ``graph_info(gm)`` records the dims that stayed symbolic (``dynamic_dims``), the rung used
+    (``shape_policy``) and every fallback or specialisation (``shape_notes``).
     """
     args, kwargs = _check_inputs(example_inputs, example_kwargs)
     if not isinstance(model, nn.Module) and not isinstance(model, torch.export.ExportedProgram):
         raise InputError(f"capture() needs an nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Module):
+        _check_model_device(model)
     source = "export"
     if constant_inputs:
         if not isinstance(model, fx.GraphModule):
@@ -69,17 +80,25 @@ def capture(
         model, args = _freeze_inputs(model, args, constant_inputs)
         source = "dynamo"
 
+    notes: list[str] = []
     if isinstance(model, torch.export.ExportedProgram):
-        exported, dynamic = model.module(), False
+        exported, policy = model.module(), "given"
     else:
-        exported, dynamic, source = _export_with_fallbacks(model, args, kwargs, dynamic_batch, source, dynamic_shapes)
+        budget = dynamic_budget_s if dynamic_budget_s is not None else dynamic.default_budget(model)
+        exported, policy, source = _export_with_fallbacks(model, args, kwargs, dynamic_batch, source,
+                                                          dynamic_shapes, budget, notes)
+    names = dynamic.leaf_names(model, args, kwargs) if isinstance(model, nn.Module) else []
+    dims = dynamic.symbolic_dims(exported, names) if names else {}
 
     gm = fx.GraphModule(exported, exported.graph, class_name="SlimGraphModule")
     gm.meta[GRAPH_KEY] = GraphInfo(
         example_args=tuple(_detach(a) for a in args),
         example_kwargs={k: _detach(v) for k, v in kwargs.items()},
         source=source,
-        dynamic_batch=dynamic,
+        dynamic_batch=any(0 in d for d in dims.values()),
+        dynamic_dims=dims,
+        shape_policy=policy if dims else "static",
+        shape_notes=notes,
     )
     canonicalize(gm)
     # dead code out now (e.g. a pooler whose output forward() drops): no pass should see or prune it, and its
@@ -128,7 +147,30 @@ def _check_inputs(example_inputs, example_kwargs) -> tuple[tuple, dict]:
                          *((f"example_kwargs[{k!r}]", v) for k, v in kwargs.items())]:
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             raise InputError(f"{where} contains NaN or Inf; capture needs finite example inputs")
+        if isinstance(value, torch.Tensor) and not _runnable(value.device):
+            raise InputError(
+                f"{where} is on the '{value.device}' device, where nothing can run; capture traces the model "
+                "with real example values: move the inputs (and the model) to 'cpu' or 'cuda'"
+            )
     return example_inputs, kwargs
+
+
+def _runnable(device: torch.device) -> bool:
+    if device.type == "meta":  # shapes only: no kernel can read it
+        return False
+    if device.type in ("cpu", "cuda"):
+        return True
+    backend = getattr(torch, device.type, None)
+    return bool(getattr(backend, "is_available", lambda: False)())
+
+
+def _check_model_device(model: nn.Module) -> None:
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if not _runnable(t.device):
+            raise InputError(
+                f"{type(model).__name__}.{name} is on the '{t.device}' device, where nothing can run: load "
+                "real weights (e.g. model.to_empty(device='cpu') and load_state_dict) before capturing"
+            )
 
 
 def _detach(value):
@@ -147,38 +189,9 @@ def _eval_mode(model: nn.Module):
             m.training = flag
 
 
-def _batch_dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
-    """dynamic_shapes marking dim 0 of each batched tensor input as Dim.AUTO (None if not possible)."""
-    import inspect
-
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return None
-
-    def spec(value):
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] >= 2:
-            return {0: Dim.AUTO}
-        if isinstance(value, (tuple, list)):
-            return type(value)(spec(v) for v in value)
-        if isinstance(value, dict):
-            return {k: spec(v) for k, v in value.items()}
-        return None
-
-    shapes = {name: spec(value) for name, value in bound.arguments.items()}
-    params = inspect.signature(model.forward).parameters
-    for name, value in bound.arguments.items():
-        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
-            shapes[name] = {k: spec(v) for k, v in value.items()}
-        elif params[name].kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes[name] = tuple(spec(v) for v in value)
-    if all(v is None for v in shapes.values()):
-        return None
-    return shapes
-
-
-def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes):
-    with _eval_mode(model), _quiet_export_warnings():
+def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes, *, oblivious: bool = False):
+    size_rule = dynamic.size_oblivious() if oblivious else contextlib.nullcontext()
+    with _eval_mode(model), _quiet_export_warnings(), size_rule:
         ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
     return ep.module()
 
@@ -193,23 +206,55 @@ def _quiet_export_warnings():
         yield
 
 
-def _export_with_fallbacks(model, args, kwargs, dynamic_batch: bool, source: str, dynamic_shapes=None):
+def _export_with_fallbacks(model, args, kwargs, dynamic_batch: bool, source: str, dynamic_shapes, budget: float,
+                           notes: list[str]):
+    """(module, shape policy, source): the first of the dynamic-shape ladder's rungs that traces."""
     failures: list[tuple[str, BaseException]] = []
-    attempts = []
     if dynamic_shapes is not None:
-        attempts.append(("torch.export (given dynamic shapes)", dynamic_shapes))
-    elif dynamic_batch:
-        shapes = _batch_dynamic_shapes(model, args, kwargs)
-        if shapes is not None:
-            attempts.append(("torch.export (dynamic batch)", shapes))
-    attempts.append(("torch.export", None))
-    for label, shapes in attempts:
         try:
-            return _export(model, args, kwargs, shapes), shapes is not None, source
-        except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            return _export(model, args, kwargs, dynamic_shapes), "given", source
+        except Exception as exc:  # noqa: BLE001 - a user's spec must not degrade silently
+            if not _is_input_mismatch(exc):
+                raise CaptureError(
+                    f"could not capture {type(model).__name__} with the dynamic_shapes given: "
+                    f"{type(exc).__name__}: {_first_line(exc, 600)}\n  what to try: mark dims the model fixes as "
+                    "static (or use Dim.AUTO, which lets export decide per dim), or pass dynamic_shapes=None for "
+                    "slimgraph's default (dynamic where the model allows it)."
+                ) from exc
+            failures.append(("torch.export (given dynamic shapes)", exc))
+            plans = []
+    else:
+        plans = dynamic.ladder(model, args, kwargs) if dynamic_batch else [dynamic.ShapePlan("static", None)]
+    slow_key = _slow_key(model, args, kwargs)
+    over_budget = False
+    for i, p in enumerate(plans):
+        label = f"torch.export (dynamic: {p.rung})" if p.spec is not None else "torch.export"
+        bounded = p.rung in ("all", "batch+sequence")  # the rungs with non-batch symbols, which can blow up
+        try:
+            if bounded and (slow_key, p.key) in _OVER_BUDGET:
+                raise dynamic.BudgetExceeded("ran past its budget before on the same model and input shapes")
+            if bounded and over_budget:  # the symbols that blew up (sequence/spatial) are in this rung too
+                raise dynamic.BudgetExceeded("skipped: the rung above ran past its budget on the same dims")
+            with dynamic.time_budget(budget if bounded else None):
+                exported = _export(model, args, kwargs, dynamic.export_spec(p.spec, args, kwargs, model),
+                                   oblivious=p.size_oblivious)
+            if p.size_oblivious:
+                _check_size_oblivious(model, exported, args, kwargs)
+        except (Exception, dynamic.BudgetExceeded) as exc:  # noqa: BLE001 - every failure is reported
+            if isinstance(exc, dynamic.BudgetExceeded):
+                _OVER_BUDGET.add((slow_key, p.key))
+                over_budget = True
             failures.append((label, exc))
             if _is_input_mismatch(exc):
                 break
+            if i + 1 < len(plans):
+                notes.append(f"dims dynamic on rung '{p.rung}' ({_describe(p.offered)}) did not trace: "
+                             f"{type(exc).__name__}: {_first_line(exc, 160)}; tried '{plans[i + 1].rung}' next")
+            continue
+        if i > 0 and failures:
+            dynamic.warn(f"capture of {type(model).__name__}: kept only the '{p.rung}' dims dynamic, so the graph "
+                         f"accepts fewer input shapes than the model. " + " ".join(notes))
+        return exported, p.rung if p.spec is not None else "static", source
     if source == "export" and not isinstance(model, fx.GraphModule):
         try:
             traced = fx.symbolic_trace(model)
@@ -217,10 +262,43 @@ def _export_with_fallbacks(model, args, kwargs, dynamic_batch: bool, source: str
             failures.append(("torch.fx.symbolic_trace", exc))
         else:
             try:
-                return _export(traced, args, kwargs, None), False, "symbolic_trace"
+                exported = _export(traced, args, kwargs, None)
             except Exception as exc:  # noqa: BLE001
                 failures.append(("torch.export of the symbolic_trace graph", exc))
+            else:
+                notes.append("torch.export failed; captured through torch.fx.symbolic_trace with static shapes")
+                dynamic.warn(f"capture of {type(model).__name__}: {notes[-1]}: the graph accepts only the example "
+                             "input shapes")
+                return exported, "static", "symbolic_trace"
     raise CaptureError(_explain_failure(model, failures)) from failures[-1][1]
+
+
+# (model class, input signature, rung dims) that ran past their budget: later captures of the same model at the
+# same shapes (tests, compress's repeated captures) step down at once instead of waiting out the budget again
+_OVER_BUDGET: set[tuple] = set()
+
+
+def _slow_key(model, args, kwargs) -> tuple:
+    leaves = pytree.tree_leaves((args, kwargs))
+    shapes = tuple((tuple(t.shape), t.dtype) for t in leaves if isinstance(t, torch.Tensor))
+    return type(model).__qualname__, sum(p.numel() for p in model.parameters()), shapes
+
+
+def _describe(offered: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{name} dims {list(dims)}" for name, dims in offered.items())
+
+
+def _check_size_oblivious(model, exported, args, kwargs) -> None:
+    """A size-1 batch traced as 'any size' must still give the model's own result at size 1 (a model that
+    branches on ``batch == 1`` would take the other branch)."""
+    from ..numerics import compare_outputs
+
+    with torch.no_grad(), _eval_mode(model):
+        expected = model(*args, **kwargs)
+        got = exported(*args, **kwargs)
+    err = compare_outputs(got, expected)
+    if not err.exact and err.max_rel > 1e-4:
+        raise CaptureError(f"the graph traced for any batch size differs from the model at batch size 1 ({err})")
 
 
 def _is_input_mismatch(exc: BaseException) -> bool:

@@ -70,7 +70,13 @@ class GraphInfo:
     example_args: tuple = ()
     example_kwargs: dict[str, Any] = field(default_factory=dict)
     source: str = "export"  # "export" | "symbolic_trace" | "dynamo" | "archive"
-    dynamic_batch: bool = False
+    dynamic_batch: bool = False  # dim 0 of some input is symbolic
+    # input name (forward()'s parameter, or "args[i]"/a pytree path) -> dims that stay symbolic in the graph,
+    # so the module accepts other sizes there; written by capture, kept by every pass and by archives
+    dynamic_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # the capture rung that traced: "all" | "batch+sequence" | "batch" | "static" | "given" (the user's spec)
+    shape_policy: str = "static"
+    shape_notes: list[str] = field(default_factory=list)  # every fallback and specialisation, for the user
     applied: list[str] = field(default_factory=list)  # names of the passes that changed the graph
     history: list[Any] = field(default_factory=list)  # PassRecords of every pipeline run on the graph
     # weight attribute name -> sparsity pattern ("unstructured", "2:4", "32x32") that fine-tuning must keep:

@@ -18,6 +18,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from ..errors import VerificationError
 from .cost import node_flops, node_macs
+from .dynamic import is_symbolic
 from .graph_utils import get_attr_tensor, op_name
 from .info import NODE_KEY, NodeInfo, TensorSpec, graph_info
 
@@ -114,7 +115,7 @@ def tensor_spec(val) -> TensorSpec | None:
     if not isinstance(val, torch.Tensor):
         return None
     shape = tuple(_hint(s) for s in val.shape)
-    dyn = tuple(i for i, s in enumerate(val.shape) if not isinstance(s, int))
+    dyn = tuple(i for i, s in enumerate(val.shape) if is_symbolic(s))
     return TensorSpec(shape, val.dtype, dyn)
 
 
