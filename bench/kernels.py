@@ -14,7 +14,8 @@ Ops (names usable in ``--ops``):
   int8_matmul            ours, W8A8 with the epilogue fused, on pre-quantized activations
   quant+int8_matmul      quantize_per_token + int8_matmul (what a graph runs without a fused norm producer)
   w8a16_matmul           ours, weight-only int8
-  bsr50 / bsr75          ours, block-sparse fp16 with 50% / 75% zero blocks (block 64x64)
+  bsr50 / bsr75          ours, block-sparse fp16 with 50% / 75% zero blocks (block 64x64; bsr50-128x64,
+                         bsr75-128x128, ... the other blocks of bench/shapes.py BSR_BLOCKS)
   semi24                 torch's 2:4 semi-structured sparse fp16 (where it runs)
   int8_conv2d            ours, NHWC implicit GEMM; cudnn_fp16_conv is its baseline (channels_last)
   quantize_per_token     ours, per-token int8 quantization (bandwidth)
@@ -41,10 +42,11 @@ import torch.nn.functional as F
 import triton
 
 from bench.run_meta import git_state
-from bench.shapes import BSR_BLOCK, SHAPES, SPARSITIES, Shape, tiny
+from bench.shapes import BSR_BLOCKS, SHAPES, SPARSITIES, Shape, tiny
 
 OPS = (
     "fp16_mm", "bf16_mm", "int_mm_scaled", "int8_matmul", "quant+int8_matmul", "w8a16_matmul", "bsr50", "bsr75",
+    "bsr50-128x64", "bsr75-128x64", "bsr50-128x128", "bsr75-128x128",
     "semi24", "int8_conv2d", "cudnn_fp16_conv", "quantize_per_token",
 )  # fmt: skip
 INT8_OPS = {"int_mm_scaled", "int8_matmul", "quant+int8_matmul", "int8_conv2d"}
@@ -57,8 +59,8 @@ TARGETS = (
     ("int8_matmul >= 1.0x torch._int_mm + separate scaling at 4096^3 / 8192^3 (min)", "int8_vs_int_mm", 1.0),
     ("M <= 16, K = N = 4096: best int8 path never slower than fp16 (min over M)", "decode_best_int8", 1.0),
     ("M <= 16, K = N = 4096: w8a16_matmul >= 1.6x fp16 (min over M)", "decode_w8a16", 1.6),
-    ("block-sparse fp16, 50% zero blocks >= 1.5x dense torch.mm at 4096^3", "bsr50_4096", 1.5),
-    ("block-sparse fp16, 75% zero blocks >= 2.8x dense torch.mm at 4096^3", "bsr75_4096", 2.8),
+    ("block-sparse fp16, 50% zero blocks >= 1.5x dense torch.mm at 4096^3 (best block)", "bsr50_4096", 1.5),
+    ("block-sparse fp16, 75% zero blocks >= 2.8x dense torch.mm at 4096^3 (best block)", "bsr75_4096", 2.8),
 )
 
 
@@ -279,10 +281,12 @@ def bench_gemm(run: Run, shape: Shape) -> None:
     if shape.sparse:
         x, w, *_ = inputs()
         for zero in SPARSITIES:
-            bsr = to_block_sparse(_block_prune(w, zero, BSR_BLOCK), BSR_BLOCK)
-            dense_bytes = 2 * (M * K + M * N) + bsr.values.numel() * bsr.values.element_size()
-            run.add(shape, f"bsr{round(zero * 100)}", lambda bsr=bsr: bsr_mm(x, bsr), flops, dense_bytes,
-                    f"density {bsr.density:.2f}, TFLOP/s dense-equivalent", small)  # fmt: skip
+            for block in BSR_BLOCKS:
+                bsr = to_block_sparse(_block_prune(w, zero, block), block)
+                dense_bytes = 2 * (M * K + M * N) + bsr.values.numel() * bsr.values.element_size()
+                run.add(shape, bsr_op(zero, block), lambda bsr=bsr: bsr_mm(x, bsr), flops, dense_bytes,
+                        f"block {block[0]}x{block[1]}, density {bsr.density:.2f}, TFLOP/s dense-equivalent",
+                        small)  # fmt: skip
         semi = None
         if run.gpu:
             try:
@@ -291,6 +295,12 @@ def bench_gemm(run: Run, shape: Shape) -> None:
                 semi = None
         run.add(shape, "semi24", None if semi is None else lambda: F.linear(x, semi), flops, mm_bytes * 3 / 4,
                 "2:4 semi-structured" if run.gpu else "2:4 semi-structured sparsity is GPU only", small)  # fmt: skip
+
+
+def bsr_op(zero: float, block: tuple[int, int]) -> str:
+    """Row name of a block-sparse benchmark: ``bsr50`` for the default 64x64 block, ``bsr50-128x64`` otherwise."""
+    name = f"bsr{round(zero * 100)}"
+    return name if block == BSR_BLOCKS[0] else f"{name}-{block[0]}x{block[1]}"
 
 
 def _xw(inp):
@@ -349,6 +359,11 @@ def evaluate_targets(rows: list[dict], gpu: bool) -> list[dict]:
         fp = _ms(rows, s, "fp16_mm")
         return fp / min(times) if times and fp else None
 
+    def best_bsr(zero):  # the fastest BSR block at this sparsity: the block is the user's choice
+        ratios = [_ratio(rows, "square4096", "fp16_mm", bsr_op(zero, b)) for b in BSR_BLOCKS]
+        ratios = [r for r in ratios if r is not None]
+        return max(ratios) if ratios else None
+
     def minimum(values):
         values = [v for v in values if v is not None]
         return min(values) if values else None
@@ -360,8 +375,8 @@ def evaluate_targets(rows: list[dict], gpu: bool) -> list[dict]:
                                                                                               "square8192")),
         "decode_best_int8": minimum(best_int8(s) for s in decode),
         "decode_w8a16": minimum(_ratio(rows, s, "fp16_mm", "w8a16_matmul") for s in decode),
-        "bsr50_4096": _ratio(rows, "square4096", "fp16_mm", "bsr50"),
-        "bsr75_4096": _ratio(rows, "square4096", "fp16_mm", "bsr75"),
+        "bsr50_4096": best_bsr(0.5),
+        "bsr75_4096": best_bsr(0.75),
     }  # fmt: skip
     out = []
     for text, key, threshold in TARGETS:

@@ -84,9 +84,10 @@ SHAPES: tuple[Shape, ...] = (
     *(Shape(f"decode.m{m}", "decode", m, 4096, 4096, quick=m in (1, 16)) for m in (1, 2, 4, 8, 16)),
 )
 
-# Square block-sparse benchmarks: fraction of zero blocks, and the BSR block (bn, bk).
+# Square block-sparse benchmarks: fraction of zero blocks, and the BSR blocks (bn, bk) tried. 64x64 refetches a
+# 128x64 slice of x per stored block; 128x64 and 128x128 halve and quarter the x bytes per FLOP.
 SPARSITIES = (0.5, 0.75)
-BSR_BLOCK = (64, 64)
+BSR_BLOCKS = ((64, 64), (128, 64), (128, 128))
 
 
 def tiny(shape: Shape) -> Shape:

@@ -16,6 +16,7 @@ kernel tests switch the interpreter on per test, in any test order, without leak
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import types
@@ -36,6 +37,7 @@ __all__ = [
     "AUTOTUNE_ENV",
     "INTERPRET_ENV",
     "LAUNCHES",
+    "LaunchRecord",
     "activation_code",
     "apply_activation_tl",
     "candidate_configs",
@@ -43,12 +45,15 @@ __all__ = [
     "check_same_device",
     "check_tensor",
     "check_vector",
+    "decode_split_k",
     "grouped_tile",
     "interpreter_requested",
     "launch",
     "m_bucket",
     "next_power_of_2",
     "num_sms",
+    "recording_launches",
+    "tune_id",
     "tile_config",
     "use_triton",
 ]
@@ -143,12 +148,15 @@ def _interpreted_language():
             setattr(owner, name, value)
 
 
-def _autotuned(kernel, bucket: str, configs: Sequence[triton.Config], key: Sequence[str]):
-    """One autotuner per (kernel, shape bucket): each bucket tunes over its own curated list only."""
-    tuner = _AUTOTUNERS.get((kernel, bucket))
+def _autotuned(kernel, tuner_id: str, configs: Sequence[triton.Config], key: Sequence[str],
+               derived: dict[str, Callable[[dict], object]]):
+    """One autotuner per (kernel, tuner id): each shape class tunes over its own curated list only. ``derived``
+    constexprs are computed per config (Triton heuristics see the config's meta-parameters)."""
+    tuner = _AUTOTUNERS.get((kernel, tuner_id))
     if tuner is None:
-        tuner = triton.autotune(configs=list(configs), key=list(key))(kernel)
-        _AUTOTUNERS[(kernel, bucket)] = tuner
+        fn = triton.heuristics(dict(derived))(kernel) if derived else kernel
+        tuner = triton.autotune(configs=list(configs), key=list(key))(fn)
+        _AUTOTUNERS[(kernel, tuner_id)] = tuner
     return tuner
 
 
@@ -157,8 +165,7 @@ def candidate_configs(
 ) -> list[triton.Config]:
     """The configs a launch may use: an explicit one (tests pin each curated config this way), the small
     interpreter config under ``TRITON_INTERPRET`` (numpy cost grows with the tile count, masks need small tiles to
-    be exercised), the bucket's default with SLIMGRAPH_AUTOTUNE=0, else the whole bucket list for autotuning.
-    Launchers derive shape-dependent constexprs (e.g. "K is a multiple of every BLOCK_K") from this list."""
+    be exercised), the bucket's default with SLIMGRAPH_AUTOTUNE=0, else the whole bucket list for autotuning."""
     if config is not None:
         return [config]
     if interpreter_requested():
@@ -166,6 +173,36 @@ def candidate_configs(
     if not _env_flag(AUTOTUNE_ENV, True):
         return [configs[0]]
     return list(configs)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchRecord:
+    """What one :func:`launch` would run, one entry per candidate config: for ahead-of-time compilation
+    (``bench/aot.py``) of exactly what the host code would compile on a GPU, without one."""
+
+    kernel: object  # the @triton.jit (or Gluon) function
+    args: tuple
+    constexprs: dict  # including the derived ones, evaluated for ``config``
+    config: triton.Config
+    bucket: str
+
+
+_RECORDING: list[list[LaunchRecord]] = []
+
+
+@contextlib.contextmanager
+def recording_launches():
+    """Within this block :func:`launch` records what it would compile instead of running anything."""
+    records: list[LaunchRecord] = []
+    _RECORDING.append(records)
+    try:
+        yield records
+    finally:
+        _RECORDING.pop()
+
+
+def _meta(kernel, args, constexprs, config: triton.Config) -> dict:
+    return {**dict(zip(kernel.arg_names, args)), **constexprs, **config.all_kwargs()}
 
 
 def launch(
@@ -176,21 +213,33 @@ def launch(
     configs: Sequence[triton.Config],
     key: Sequence[str],
     bucket: str,
+    derived: dict[str, Callable[[dict], object]] | None = None,
     **constexprs,
 ) -> None:
     """Launch ``kernel`` over ``grid`` (a function of the config's meta-parameters).
 
     One candidate config is launched directly (under the interpreter through the kernel's interpreter twin);
-    several are autotuned on the GPU, keyed by the argument names in ``key`` plus the tensors' dtypes.
+    several are autotuned on the GPU, keyed by the argument names in ``key`` plus the tensors' dtypes, with one
+    autotuner per ``bucket`` string (callers put the shape class there, e.g. the power of two of M).
+    ``derived`` constexprs are functions of all arguments and the config (e.g. ``EVEN_K = K % BLOCK_K == 0``),
+    evaluated per config so that each config gets its own specialization.
     """
+    derived = derived or {}
+    if _RECORDING:
+        for cfg in configs:
+            extra = {name: fn(_meta(kernel, args, constexprs, cfg)) for name, fn in derived.items()}
+            _RECORDING[-1].append(LaunchRecord(kernel, tuple(args), {**constexprs, **extra}, cfg, bucket))
+        return
     LAUNCHES[kernel.fn.__name__] += 1
-    if interpreter_requested():
-        with _interpreted_language():  # a no-op when triton itself was imported with TRITON_INTERPRET set
-            _interpreter_twin(kernel)[grid](*args, **constexprs, **configs[0].all_kwargs())
-    elif len(configs) == 1:
-        kernel[grid](*args, **constexprs, **configs[0].all_kwargs())
+    if interpreter_requested() or len(configs) == 1:
+        extra = {name: fn(_meta(kernel, args, constexprs, configs[0])) for name, fn in derived.items()}
+        if interpreter_requested():
+            with _interpreted_language():  # a no-op when triton itself was imported with TRITON_INTERPRET set
+                _interpreter_twin(kernel)[grid](*args, **constexprs, **extra, **configs[0].all_kwargs())
+        else:
+            kernel[grid](*args, **constexprs, **extra, **configs[0].all_kwargs())
     else:
-        _autotuned(kernel, bucket, configs, key)[grid](*args, **constexprs)
+        _autotuned(kernel, bucket, configs, key, derived)[grid](*args, **constexprs)
 
 
 def m_bucket(m: int) -> str:
@@ -206,6 +255,26 @@ def m_bucket(m: int) -> str:
     if m <= 256:
         return "m256"
     return "large"
+
+
+def tune_id(bucket: str, m: int) -> str:
+    """The autotuner identity of a launch: its config bucket and the power of two of M, so that M = 512 and
+    M = 8192 (both "large") keep their own best config instead of sharing whichever was tuned first."""
+    return f"{bucket}/m{next_power_of_2(m)}"
+
+
+def decode_split_k(M: int, N: int, K: int, device: torch.device, *, block_n: int = 64, max_split: int = 8,
+                   min_k: int = 512) -> int:
+    """How many programs share the K loop of a decode GEMM (M <= 16): doubled until the output tiles times the
+    splits cover the SMs, each split keeping at least ``min_k`` of K so the partial sums stay a small fraction of
+    the weight bytes. ``block_n`` is the N tile of the decode configs. UNTUNED rule."""
+    if m_bucket(M) != "m16":
+        return 1
+    tiles = -(-N // block_n)
+    split = 1
+    while split < max_split and tiles * split * 2 <= num_sms(device) and K >= split * 2 * min_k:
+        split *= 2
+    return split
 
 
 def next_power_of_2(n: int) -> int:

@@ -48,6 +48,7 @@ from ._triton_utils import (
     interpreter_requested,
     launch,
     m_bucket,
+    tune_id,
     use_triton,
 )
 from .epilogue import apply_activation
@@ -180,7 +181,7 @@ def _bsr_matmul_kernel(
     first = tl.load(row_ptr_ptr + pid_n).to(tl.int64)  # int64: nnz * BN * BK may pass 2**31
     last = tl.load(row_ptr_ptr + pid_n + 1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = offs_m % M
+    rows = (offs_m % M).to(tl.int64)  # int64 before any stride multiply: M * K may pass 2**31
     offs_bn = tl.arange(0, BN)
     offs_bk = tl.arange(0, BK)
     x_rows = x_ptr + rows[:, None] * stride_xm
@@ -191,7 +192,7 @@ def _bsr_matmul_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BN), dtype=tl.float32)
     for i in range(first, last):  # the stored blocks of this block row, nothing else
-        offs_k = tl.load(col_ptr + i) * BK + offs_bk
+        offs_k = tl.load(col_ptr + i).to(tl.int64) * BK + offs_bk
         if EVEN_K:
             x = tl.load(x_rows + offs_k[None, :])
         else:
@@ -212,7 +213,7 @@ def _bsr_matmul_kernel(
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
     y = apply_activation_tl(y, ACTIVATION)
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
@@ -287,8 +288,8 @@ def _launch(x2, values, col_indices, row_ptr, n, w_scale, x_scale, bias, act, ou
          x2.stride(0), out.stride(0),
          0 if not is_int8 or x_scale.numel() == 1 else 1, 0 if not is_int8 or w_scale.numel() == 1 else 1),
         configs=configs,
-        key=("N", "K"),
-        bucket=bucket,
+        key=("N", "K", "HAS_BIAS", "ACTIVATION", "BN", "BK"),
+        bucket=tune_id(bucket, M),
         IS_INT8=is_int8,
         HAS_BIAS=bias is not None,
         ACTIVATION=act,

@@ -45,6 +45,7 @@ from ._triton_utils import (
     launch,
     m_bucket,
     tile_config,
+    tune_id,
     use_triton,
 )
 from .epilogue import apply_activation
@@ -95,10 +96,10 @@ def _int8_conv2d_kernel(
     batch = pixels // (OW * OH)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    oc = group * OC_G + cols
+    oc = group.to(tl.int64) * OC_G + cols  # int64: indexes the weight rows and, below, the output
     offs_k = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + oc.to(tl.int64) * (TAPS * C_G)
-    x_group = x_ptr + group * C_G
+    x_group = x_ptr + group.to(tl.int64) * C_G
 
     c_steps = tl.cdiv(C_G, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -110,25 +111,26 @@ def _int8_conv2d_kernel(
         inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_pix = x_group + ((batch * H + ih) * W + iw).to(tl.int64) * C  # int64: B*H*W*C may pass 2**31
         offs_c = c0 + offs_k
+        tap_offset = tap.to(tl.int64) * C_G
         if EVEN_C:
             a = tl.load(x_pix[:, None] + offs_c[None, :], mask=inside[:, None], other=0)
-            b = tl.load(w_rows[None, :] + tap * C_G + offs_c[:, None])
+            b = tl.load(w_rows[None, :] + tap_offset + offs_c[:, None])
         else:
             a = tl.load(x_pix[:, None] + offs_c[None, :], mask=inside[:, None] & (offs_c[None, :] < C_G), other=0)
-            b = tl.load(w_rows[None, :] + tap * C_G + offs_c[:, None], mask=offs_c[:, None] < C_G, other=0)
+            b = tl.load(w_rows[None, :] + tap_offset + offs_c[:, None], mask=offs_c[:, None] < C_G, other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
 
     w_scale = tl.load(w_scale_ptr + oc * stride_ws)[None, :]
     if X_SCALE_PER_PIXEL:  # 1x1 kernels: the one input pixel each output pixel reads (0 under padding, acc is 0)
         inside0 = (ih0 >= 0) & (ih0 < H) & (iw0 >= 0) & (iw0 < W)
-        x_scale = tl.load(x_scale_ptr + (batch * H + ih0) * W + iw0, mask=inside0, other=0.0)
+        x_scale = tl.load(x_scale_ptr + ((batch * H + ih0) * W + iw0).to(tl.int64), mask=inside0, other=0.0)
         y = acc.to(tl.float32) * x_scale[:, None] * w_scale
     else:
         y = acc.to(tl.float32) * tl.load(x_scale_ptr) * w_scale
     if HAS_BIAS:
         y += tl.load(bias_ptr + oc).to(tl.float32)[None, :]
     y = apply_activation_tl(y, ACTIVATION)
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * OC + (group * OC_G + offs_n)[None, :]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * OC + (group.to(tl.int64) * OC_G + offs_n)[None, :]
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < OC_G))
 
 
@@ -213,12 +215,12 @@ def int8_conv2d_kernel(x, w, x_scale, w_scale, bias=None, stride=1, padding=0, d
          *g["stride"], *g["padding"], *g["dilation"],
          0 if w_scale.numel() == 1 else 1),
         configs=configs,
-        key=("C", "OC", "TAPS", "stride_h"),
-        bucket=bucket,
+        key=("C", "OC", "TAPS", "stride_h", "HAS_BIAS", "ACTIVATION"),
+        bucket=tune_id(bucket, M),
+        derived={"EVEN_C": lambda meta: meta["C_G"] % meta["BLOCK_K"] == 0},
         X_SCALE_PER_PIXEL=x_scale.numel() != 1,
         HAS_BIAS=bias is not None,
         ACTIVATION=act,
-        EVEN_C=all(g["C_G"] % c.kwargs["BLOCK_K"] == 0 for c in configs),
     )  # fmt: skip
     return out
 

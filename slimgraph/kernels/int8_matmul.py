@@ -10,7 +10,7 @@ intermediate goes through device memory (torch._int_mm + separate scaling writes
 Kernel design (H100): both operands are K-major ([M, K] and [N, K] row-major), the layout 8-bit wgmma wants; the
 1-D grid walks tiles in GROUP_M-tall sweeps so neighbouring programs share A and B tiles in L2; rows/columns past
 the edge wrap around (``% M``) instead of being masked so the inner loop carries no M/N masks, and the K tail mask is
-compiled out when K is a multiple of every candidate BLOCK_K. int32 accumulators are exact for K < 131072.
+compiled out for each config whose BLOCK_K divides K. int32 accumulators are exact for K < 131072.
 
 Op: ``slimgraph::int8_matmul(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, str activation,
 ScalarType out_dtype) -> Tensor`` (activation "none" for none).
@@ -34,13 +34,16 @@ from ._triton_utils import (
     check_same_device,
     check_tensor,
     check_vector,
+    decode_split_k,
     grouped_tile,
     launch,
     m_bucket,
     tile_config,
+    tune_id,
     use_triton,
 )
 from .epilogue import apply_activation
+from .int8_matmul_wgmma import launch_wgmma, use_wgmma
 
 __all__ = ["CONFIGS", "INTERPRETER_CONFIG", "int8_matmul", "int8_matmul_reference"]
 
@@ -77,19 +80,32 @@ CONFIGS: dict[str, list[triton.Config]] = {
         _cfg(128, 64, 128, 4, 4),
         _cfg(64, 256, 128, 8, 3),
     ],
-    # Compute-bound: big tiles for operand reuse (shared memory per stage = (BM + BN) * BK bytes; 3 stages of
-    # 128x256x128 is 144 KiB of the 227 KiB), 8 warps = two warpgroups.
+    # Compute-bound (on Hopper the Gluon wgmma kernel takes these shapes; this list serves Ampere and triton < 3.9).
+    # 128x128 tiles: the 128x256 and 256x128 tiles spilled with an activation epilogue in the AOT check (int32
+    # accumulators plus the fp32 epilogue pass 255 registers), 3-4 stages of 32 KiB per stage.
     "large": [
-        _cfg(128, 256, 128, 8, 3),
-        _cfg(256, 128, 128, 8, 3),
         _cfg(128, 128, 128, 8, 4),
-        _cfg(128, 256, 64, 8, 4),
-        _cfg(256, 128, 64, 8, 4),
-        _cfg(128, 128, 64, 4, 5),
+        _cfg(128, 128, 128, 8, 3),
+        _cfg(128, 128, 64, 8, 4),
+        _cfg(64, 128, 128, 4, 4),
     ],
 }
 # Small tiles under the interpreter: several programs and K steps per test shape, so edge masks and grouping run.
 INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, rows, cols, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr, M, N, stride_cm,
+              stride_as, stride_bs, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):  # fmt: skip
+    # In registers, the reference's operation order: (acc * a_scale) * b_scale + bias, then the activation.
+    a_scale = tl.load(a_scale_ptr + rows * stride_as)
+    b_scale = tl.load(b_scale_ptr + cols * stride_bs)
+    y = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+    y = apply_activation_tl(y, ACTIVATION)
+    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
 @triton.jit
@@ -98,41 +114,63 @@ def _int8_matmul_kernel(
     M, N, K,
     stride_am, stride_bn, stride_cm,
     stride_as, stride_bs,  # 0 broadcasts a per-tensor scale
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Wrap instead of masking: edge programs recompute valid rows and the store below drops them.
-    rows = offs_m % M
-    cols = offs_n % N
+    # Wrap instead of masking: edge programs recompute valid rows and the store below drops them. int64 before any
+    # multiply by a stride: M * K and M * N may pass 2**31 elements.
+    rows = (offs_m % M).to(tl.int64)
+    cols = (offs_n % N).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + cols[None, :] * stride_bn + offs_k[:, None]  # [BLOCK_K, BLOCK_N] view of the K-major weight
+    # Split s reads K blocks s, s + SPLIT_K, s + 2 * SPLIT_K, ...
+    a_ptrs = a_ptr + rows[:, None] * stride_am + (pid_k * BLOCK_K + offs_k)[None, :]
+    b_ptrs = b_ptr + cols[None, :] * stride_bn + (pid_k * BLOCK_K + offs_k)[:, None]  # [BLOCK_K, BLOCK_N] of [N, K]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(0, tl.cdiv(K, BLOCK_K * SPLIT_K)):
         if EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
         else:
-            k_left = K - k * BLOCK_K
+            k_left = K - (k * SPLIT_K + pid_k) * BLOCK_K
             a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+        a_ptrs += BLOCK_K * SPLIT_K
+        b_ptrs += BLOCK_K * SPLIT_K
 
-    # Epilogue in registers. Same operation order as the reference: (acc * a_scale) * b_scale + bias.
-    a_scale = tl.load(a_scale_ptr + rows * stride_as)
-    b_scale = tl.load(b_scale_ptr + cols * stride_bs)
-    y = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
-    y = apply_activation_tl(y, ACTIVATION)
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    if SPLIT_K == 1:
+        _epilogue(acc, offs_m, offs_n, rows, cols, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr, M, N, stride_cm,
+                  stride_as, stride_bs, HAS_BIAS, ACTIVATION)  # fmt: skip
+    else:  # exact int32 partial sums to the [SPLIT_K, M, N] scratch (c_ptr); the epilogue kernel adds them up
+        part = c_ptr + pid_k.to(tl.int64) * M * N + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        tl.store(part, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _split_k_epilogue_kernel(
+    part_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
+    M, N, stride_split, stride_cm, stride_as, stride_bs,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Sum the int32 partials (exact, deterministic: no atomics), then the same epilogue as the one-pass kernel.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    parts = part_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for _ in tl.static_range(SPLIT_K):
+        acc += tl.load(parts, mask=mask, other=0)
+        parts += stride_split  # M * N, passed from the host: typed int64 there when it passes 2**31
+    rows = (offs_m % M).to(tl.int64)
+    cols = (offs_n % N).to(tl.int64)
+    _epilogue(acc, offs_m, offs_n, rows, cols, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr, M, N, stride_cm,
+              stride_as, stride_bs, HAS_BIAS, ACTIVATION)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ checks, launch
@@ -166,39 +204,59 @@ def _check(a, b, a_scale, b_scale, bias, activation, out_dtype) -> tuple[int, in
     return M, N, K, activation_code(OP, activation)
 
 
-def _launch(a2, b, a_scale, b_scale, bias, act: int, out, config: triton.Config | None = None) -> None:
+def _launch(a2, b, a_scale, b_scale, bias, act: int, out, config: triton.Config | None = None,
+            split_k: int | None = None) -> None:  # fmt: skip
     M, K = a2.shape
     N = b.shape[0]
     bucket = m_bucket(M)
+    if config is None and split_k is None and use_wgmma(a2, b):  # Hopper: the main loop that keeps wgmma in flight
+        launch_wgmma(a2, b, a_scale, b_scale, bias, act, out, bucket)
+        return
+    split = decode_split_k(M, N, K, a2.device) if split_k is None else int(split_k)
+    if split < 1:
+        raise InputError(f"{OP}: split_k must be >= 1, got {split_k}")
     configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    scale_strides = (0 if a_scale.numel() == 1 else 1, 0 if b_scale.numel() == 1 else 1)
+    bias_arg = bias if bias is not None else b_scale
+    target = out if split == 1 else torch.empty((split, M, N), dtype=torch.int32, device=a2.device)
     launch(
         _int8_matmul_kernel,
-        grid,
-        (
-            a2, b, a_scale, b_scale, bias if bias is not None else b_scale, out,
-            M, N, K,
-            a2.stride(0), b.stride(0), out.stride(0),
-            0 if a_scale.numel() == 1 else 1, 0 if b_scale.numel() == 1 else 1,
-        ),
+        lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split),
+        (a2, b, a_scale, b_scale, bias_arg, target, M, N, K, a2.stride(0), b.stride(0), out.stride(0), *scale_strides),
         configs=configs,
-        key=("N", "K"),
-        bucket=bucket,
+        key=("N", "K", "HAS_BIAS", "ACTIVATION", "SPLIT_K"),
+        bucket=tune_id(bucket, M),
+        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
         HAS_BIAS=bias is not None,
         ACTIVATION=act,
-        EVEN_K=all(K % c.kwargs["BLOCK_K"] == 0 for c in configs),
-    )  # fmt: skip
+        SPLIT_K=split,
+    )
+    if split > 1:
+        tile = (16, 64)
+        launch(
+            _split_k_epilogue_kernel,
+            lambda meta: (triton.cdiv(M, tile[0]), triton.cdiv(N, tile[1])),
+            (target, a_scale, b_scale, bias_arg, out, M, N, M * N, out.stride(0), *scale_strides),
+            configs=[triton.Config({"BLOCK_M": tile[0], "BLOCK_N": tile[1]}, num_warps=4, num_stages=1)],
+            key=(),
+            bucket="split_k_epilogue",
+            HAS_BIAS=bias is not None,
+            ACTIVATION=act,
+            SPLIT_K=split,
+        )
 
 
-def int8_matmul_kernel(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=torch.float16, *, config=None):
+def int8_matmul_kernel(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=torch.float16, *, config=None,
+                       split_k=None):  # fmt: skip
     """Run the Triton kernel (GPU, or CPU under the interpreter) without the op dispatcher; ``config`` pins one
-    tile config (tests, tuning). Same arguments and result as :func:`int8_matmul`."""
+    tile config and ``split_k`` the K split (tests, tuning; both also skip the Hopper wgmma kernel). Same
+    arguments and result as :func:`int8_matmul`."""
     M, N, K, act = _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
     out = torch.empty((M, N), dtype=out_dtype, device=a.device)
     if M and N:
         if K == 0:  # empty reduction: the epilogue of a zero accumulator
             return int8_matmul_reference(a, b, a_scale, b_scale, bias, activation, out_dtype)
-        _launch(a.reshape(M, K), b, a_scale.reshape(-1), b_scale.reshape(-1), bias, act, out, config)
+        _launch(a.reshape(M, K), b, a_scale.reshape(-1), b_scale.reshape(-1), bias, act, out, config, split_k)
     return out.reshape(*a.shape[:-1], N)
 
 

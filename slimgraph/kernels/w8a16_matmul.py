@@ -29,12 +29,13 @@ from ._triton_utils import (
     check_same_device,
     check_tensor,
     check_vector,
+    decode_split_k,
     grouped_tile,
     interpreter_requested,
     launch,
     m_bucket,
-    num_sms,
     tile_config,
+    tune_id,
     use_triton,
 )
 
@@ -96,8 +97,8 @@ def _w8a16_kernel(
     pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = offs_m % M
-    cols = offs_n % N
+    rows = (offs_m % M).to(tl.int64)  # int64 before any stride multiply: M * K may pass 2**31
+    cols = (offs_n % N).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
     # Split s reads K blocks s, s + SPLIT_K, s + 2 * SPLIT_K, ...
     x_ptrs = x_ptr + rows[:, None] * stride_xm + (pid_k * BLOCK_K + offs_k)[None, :]
@@ -123,17 +124,19 @@ def _w8a16_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols).to(tl.float32)
         y += tl.where(pid_k == 0, bias, 0.0)[None, :]  # added by one split only
-    out_ptrs = out_ptr + pid_k * stride_split + offs_m[:, None] * stride_om + offs_n[None, :]
+    out_ptrs = out_ptr + pid_k.to(tl.int64) * stride_split + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
 @triton.jit
 def _split_k_sum_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    parts = part_ptr + offs
+    for _ in tl.static_range(SPLIT_K):
+        acc += tl.load(parts, mask=mask, other=0.0)
+        parts += numel  # pointer steps, not split * numel: that product may pass 2**31
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -157,15 +160,8 @@ def _check(x, w, w_scale, bias) -> tuple[int, int, int]:
 
 
 def choose_split_k(M: int, N: int, K: int, device: torch.device) -> int:
-    """Split the K loop of decode GEMMs until the programs cover the SMs (untuned rule; each split keeps at least
-    512 K elements so the fp32 partial sums stay a small fraction of the weight bytes)."""
-    if m_bucket(M) != "m16":
-        return 1
-    tiles = triton.cdiv(N, _DECODE_BLOCK_N)
-    split = 1
-    while split < MAX_SPLIT_K and tiles * split * 2 <= num_sms(device) and K >= split * 2 * 512:
-        split *= 2
-    return split
+    """Split the K loop of decode GEMMs until the programs cover the SMs (the shared untuned rule)."""
+    return decode_split_k(M, N, K, device, block_n=_DECODE_BLOCK_N, max_split=MAX_SPLIT_K)
 
 
 def w8a16_matmul_kernel(x, w, w_scale, bias=None, *, config=None, split_k: int | None = None):
@@ -192,11 +188,11 @@ def w8a16_matmul_kernel(x, w, w_scale, bias=None, *, config=None, split_k: int |
          M, N, K,
          x2.stride(0), w.stride(0), N, M * N, 0 if w_scale.numel() == 1 else 1),
         configs=configs,
-        key=("N", "K", "SPLIT_K"),
-        bucket=bucket,
+        key=("N", "K", "SPLIT_K", "HAS_BIAS"),
+        bucket=tune_id(bucket, M),
+        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
-        EVEN_K=all(K % (c.kwargs["BLOCK_K"] * split) == 0 for c in configs),
         DOT_FP32=interpreter_requested() and x.dtype == torch.bfloat16,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
     )  # fmt: skip

@@ -158,3 +158,30 @@ def test_k_too_large_for_int32_is_rejected_at_trace_time():
             torch.empty(3, **meta),
         )
     assert MAX_K == 131071
+
+
+@pytest.mark.parametrize("split_k", [2, 3])
+@pytest.mark.parametrize("M,N,K", [(1, 17, 100), (16, 31, 200), (5, 40, 64)])
+def test_split_k_matches_reference(M, N, K, split_k):
+    # Decode GEMMs split the K loop over programs; the int32 partials are summed exactly by a second kernel, which
+    # also runs the epilogue (the activation must see the whole sum). K tails and splits with no K block included.
+    a, b, sa, sb, bias = _inputs(M, N, K)
+    with counting(KERNEL, expected=1), counting("_split_k_epilogue_kernel", expected=1):
+        out = int8_matmul_kernel(a, b, sa, sb, bias, "gelu", torch.float32, split_k=split_k)
+    assert_close(out, int8_matmul_reference(a, b, sa, sb, bias, "gelu", torch.float32))
+    out = int8_matmul_kernel(a, b, torch.tensor([0.02]), sb, None, None, torch.bfloat16, split_k=split_k)
+    assert_close(out, int8_matmul_reference(a, b, torch.tensor([0.02]), sb, None, None, torch.bfloat16))
+
+
+def test_split_k_rule_and_bad_split():
+    from slimgraph.kernels._triton_utils import decode_split_k
+
+    cpu = torch.device("cpu")  # 132 SMs assumed off-GPU
+    assert decode_split_k(1, 4096, 4096, cpu) == 2  # 64 tiles of N: two splits cover 128 of 132 SMs
+    assert decode_split_k(16, 1024, 4096, cpu) == 8  # 16 tiles: capped at 8 splits (512 K each)
+    assert decode_split_k(16, 1024, 1024, cpu) == 2  # each split keeps >= 512 of K
+    assert decode_split_k(16, 1024, 512, cpu) == 1
+    assert decode_split_k(64, 1024, 4096, cpu) == 1  # not decode
+    a, b, sa, sb, _ = _inputs(4, 8, 64)
+    with pytest.raises(InputError, match="split_k must be >= 1"):
+        int8_matmul_kernel(a, b, sa, sb, None, None, torch.float16, split_k=0)
