@@ -103,27 +103,22 @@ def test_corrupt_truncated_and_foreign_files_get_clear_errors(tmp_path):
 
 
 def test_tampered_graph_cannot_call_arbitrary_functions(tmp_path):
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from test_archive_attacks import reseal
 
     model, args, _ = make("mlp")
     path = sg.save(sg.optimize(model, args), tmp_path / "m.sg")
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    graph = json.loads(meta["graph"])
-    node = next(n for n in graph["nodes"] if n["op"] == "call_function")
-    node["target"] = "builtin:os.system"
-    meta["graph"] = json.dumps(graph)
-    save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(ArchiveError, match="unknown builtin"):
+
+    def edit(description, metadata, tensors):
+        next(n for n in description["nodes"] if n[1] == "call_function")[2] = "os.system"
+
+    reseal(path, edit)
+    with pytest.raises(ArchiveError, match="call target 'os.system' is not allowed"):
         sg.load(path)
 
 
-def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
-    import safetensors.torch
+@pytest.mark.parametrize("fail_at", ["open", "tensor bytes", "fsync", "replace"])
+def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch, fail_at):
+    from slimgraph.archive import container
 
     model, args, _ = make("mlp")
     opt = sg.optimize(model, args)
@@ -133,11 +128,33 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    def chunks_then_fail(t):
+        yield memoryview(b"partial")
+        raise OSError("disk full")
+
+    if fail_at == "tensor bytes":
+        monkeypatch.setattr(container, "_byte_chunks", chunks_then_fail)
+    else:
+        monkeypatch.setattr(container.os, fail_at, broken)
     with pytest.raises(ArchiveError, match="disk full"):
         sg.save(opt, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.sg"]  # no temporary files left behind
+
+
+def test_interrupted_save_removes_its_temporary_file(tmp_path, monkeypatch):
+    from slimgraph.archive import container
+
+    model, args, _ = make("mlp")
+
+    def interrupted(t):
+        yield memoryview(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(container, "_byte_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sg.save(sg.optimize(model, args), tmp_path / "m.sg")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_rejects_plain_modules(tmp_path):
