@@ -1,11 +1,16 @@
-"""Per-layer int8-or-float choice by measurement, for the torch.compile backend's ``autotune`` option.
+"""Per-layer int8-or-float choice by measurement: the torch.compile backend's ``autotune`` option and
+:func:`keep_profitable` (``sg.quantize`` that keeps only the int8 layers that pay off on this device).
 
 int8 loses to fp16 on small GEMMs (launch and quantization overhead dominate), so "quantize everything"
 can make a model slower. For each layer the ``quant`` pass would rewrite, this module builds a one-layer
 graph, quantizes it with the very same pass, times float and int8 on the actual device at the layer's
-real shapes, and keeps the faster. Decisions are cached on disk per (device, torch version, scheme, op,
-input shape with M rounded up to a power of two, weight shape, activation), so recompiles and later
-processes do not re-measure; decode (M = 1..16) and prefill shapes get separate entries.
+real shapes, and keeps the faster. Decisions are cached on disk per (device, int8 CPU backend, torch
+version, scheme, op, input shape with M rounded up to a power of two, weight shape, activation), so recompiles
+and later processes do not re-measure; decode (M = 1..16) and prefill shapes get separate entries.
+
+Per-layer timing misses what only the whole graph shows (a static int8 chain passes int8 between layers; a
+float island costs extra quantize steps), so :func:`keep_profitable` also times the whole quantized model
+against the float one, interleaved, and returns the float graph when int8 does not win overall.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from .ir.graph_utils import get_attr_tensor, op_name
 from .ir.info import GRAPH_KEY, GraphInfo
 
 log = logging.getLogger("slimgraph")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: CPU keys name the int8 backend (oneDNN or the torch reference)
 Timer = Callable[[Callable[[], object]], float]  # returns milliseconds
 
 
@@ -87,7 +92,9 @@ def _bucket(m: int) -> int:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu-{os.cpu_count()}"
+    from .quant import cpu_int8
+
+    return f"cpu-{os.cpu_count()}-{'onednn' if cpu_int8.available() else 'reference'}"
 
 
 def _layer_key(node: fx.Node, x: torch.Tensor, w: torch.Tensor, scheme: str) -> str:
@@ -104,23 +111,22 @@ _LINEARS = {torch.ops.aten.linear.default, torch.ops.slimgraph.linear_act.defaul
 
 
 def _one_layer_graph(gm: fx.GraphModule, node: fx.Node, x: torch.Tensor) -> fx.GraphModule:
-    """A graph holding just ``node`` (its weights copied by reference), fed by one input like its own."""
-    root = torch.nn.Module()
+    """A graph holding just ``node`` (its weights shared with ``gm`` under their own names), fed by one input
+    like its own. Keeping the names keeps what the quant pass derives from them (new attributes it registers
+    next to a weight) the same as in the full graph."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     x_node = node.args[0]
     env[x_node] = graph.placeholder("x")
-    for i, arg in enumerate(node.all_input_nodes):
+    for arg in node.all_input_nodes:
         if arg is x_node:
             continue
-        t = get_attr_tensor(gm, arg)
-        if t is None:
+        if get_attr_tensor(gm, arg) is None:
             raise ValueError(f"{node.name} reads a non-constant tensor besides its input")
-        root.register_buffer(f"t{i}", t)
-        env[arg] = graph.get_attr(f"t{i}")
+        env[arg] = graph.get_attr(arg.target)
     out = graph.node_copy(node, lambda a: env[a])
     graph.output(out)
-    mini = fx.GraphModule(root, graph)
+    mini = fx.GraphModule(gm, graph)  # copies (by reference) only the attributes the graph reads
     mini.meta[GRAPH_KEY] = GraphInfo(example_args=(x,))
     from .ir.propagate import refresh
 
@@ -191,3 +197,72 @@ def _copy(gm: fx.GraphModule) -> fx.GraphModule:
     import copy
 
     return copy.deepcopy(gm)
+
+
+@dataclass(frozen=True)
+class ProfitableResult:
+    """What :func:`keep_profitable` decided: per-layer timings, the layers kept in float, whole-model timing."""
+
+    model: fx.GraphModule
+    layers: list[LayerTiming]
+    kept_float: list[str]
+    float_ms: float | None  # whole model, when checked
+    int8_ms: float | None
+    used_int8: bool  # False: int8 lost on the whole model, ``model`` is the float graph
+
+
+def keep_profitable(
+    model: torch.nn.Module,
+    example_inputs,
+    scheme: str = "w8a8-dynamic",
+    *,
+    example_kwargs: dict | None = None,
+    timer: Timer | None = None,
+    use_cache: bool = True,
+    check_model: bool = True,
+    **quantize_options,
+) -> ProfitableResult:
+    """``sg.quantize`` keeping in float every layer that is not faster in int8 on the current device.
+
+    Each quantizable layer is timed float vs int8 at its real shapes (see :func:`choose_layers`); the slower
+    int8 layers become ``per_layer={name: "float"}`` entries (the caller's own ``per_layer`` patterns come
+    first and win). With ``check_model`` the whole quantized model is then timed against the float one on
+    ``example_inputs`` and, if it is not faster, the float graph is returned (``used_int8=False``) with a
+    warning: never slower than what it started from. ``timer(fn) -> ms`` replaces the wall clock (tests).
+    ``model`` is not modified. Other keyword arguments go to :func:`slimgraph.quantize`.
+    """
+    from .ir.capture import capture_or_copy
+    from .passes.manager import PassManager
+    from .quant.api import PREPARE, quantize
+
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    prepared = PassManager(PREPARE.split(",")).run(capture_or_copy(model, args, example_kwargs)).gm
+    overrides, timings = choose_layers(prepared, scheme, timer=timer, use_cache=use_cache)
+    per_layer = dict(quantize_options.pop("per_layer", None) or {})
+    for name, choice in overrides.items():
+        per_layer.setdefault(name, choice)
+    # the prepared graph is quantized (copied first): the same layer names the timings refer to
+    quantized = quantize(prepared, args, scheme, example_kwargs=example_kwargs, per_layer=per_layer,
+                         **quantize_options)
+    result = ProfitableResult(quantized, timings, sorted(overrides), None, None, True)
+    if not check_model:
+        return result
+    kwargs = dict(example_kwargs or {})
+    timer = timer or default_timer
+    with torch.no_grad():
+        float_ms, int8_ms = _interleaved_pair(timer, partial(prepared, *args, **kwargs),
+                                              partial(quantized, *args, **kwargs))
+    if int8_ms < float_ms:
+        return ProfitableResult(quantized, timings, sorted(overrides), float_ms, int8_ms, True)
+    log.warning("keep_profitable: the %s model is not faster than float on this device (%.3f vs %.3f ms); "
+                "keeping the float graph", scheme, int8_ms, float_ms)
+    return ProfitableResult(prepared, timings, sorted(overrides), float_ms, int8_ms, False)
+
+
+def _interleaved_pair(timer: Timer, a: Callable[[], object], b: Callable[[], object], rounds: int = 3):
+    """Medians of ``rounds`` alternating timings (ABAB...): load drifts on a shared machine hit both alike."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(timer(a))
+        tb.append(timer(b))
+    return statistics.median(ta), statistics.median(tb)
