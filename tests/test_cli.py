@@ -80,6 +80,7 @@ def test_console_script_entry_point_runs():
     assert result.returncode == 0 and "fuse" in result.stdout
 
 
+@pytest.mark.slow  # the whole main job on the digits CNN: capture, prune, distill, int8, ONNX, plots
 def test_demo_runs_the_main_job_and_writes_the_report(tmp_path, cache_dir, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "digits-cnn", "--out", str(out), "--prune", "0.5", "--distill", "40", "--quant", "w8a8",
@@ -116,6 +117,7 @@ def test_bench_subcommand_reports_a_missing_suite(capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two full compress runs with distillation
 def test_compress_is_deterministic_given_a_seed(tmp_path, cache_dir):
     from slimgraph.compress import CompressConfig, compress
     from slimgraph.demos import load_model
