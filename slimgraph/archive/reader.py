@@ -46,6 +46,8 @@ from .writer import GRAPH_KEY as GRAPH_TENSOR
 
 _METADATA_KEYS = {SEAL_KEY, "format", "format_version", "torch_version", "graph", "graph_encoding"}
 _DESCRIPTION_KEYS = {"nodes", "attributes", "inputs", "output", "examples", "info"}
+_INFO_KEYS = {"applied", "dynamic_batch", "sparsity", "shape_policy", "shape_notes", "dynamic_dims"}
+_SHAPE_POLICIES = {"all", "batch+sequence", "batch", "static", "given"}
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> fx.GraphModule:
@@ -151,22 +153,34 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor], device: torch.
     unused = set(tensors) - used
     if unused:
         raise ArchiveError(f"tensors {sorted(unused)[:5]} are stored but not referenced by the graph")
-    info = expect(description["info"], dict, "graph info")
-    if set(info) != {"applied", "dynamic_batch", "sparsity"}:
-        raise ArchiveError(f"graph info has entries {sorted(info)}, expected applied, dynamic_batch, sparsity")
-    sparsity = {attribute_path(k, "sparsity entry"): sparsity_pattern(v, f"sparsity of {k!r}")
-                for k, v in expect(info["sparsity"], dict, "sparsity").items()}
-    missing = set(sparsity) - set(attributes)
-    if missing:
-        raise ArchiveError(f"sparsity names {sorted(missing)}, which are not attributes of the graph")
-    gm.meta[GRAPH_KEY] = GraphInfo(
-        example_args=args, example_kwargs=kwargs, source="archive",
-        dynamic_batch=expect(info["dynamic_batch"], bool, "dynamic_batch"),
-        applied=[bounded_str(a, "applied pass", MAX_NAME) for a in expect(info["applied"], list, "applied")],
-        sparsity=sparsity)
+    gm.meta[GRAPH_KEY] = GraphInfo(example_args=args, example_kwargs=kwargs, source="archive",
+                                   **_decode_info(description["info"], attributes))
     _seed_placeholder_values(gm, dynamic)
     refresh(gm, only_missing=False)
     return gm
+
+
+def _decode_info(info, attributes: set[str]) -> dict:
+    expect(info, dict, "graph info")
+    if set(info) != _INFO_KEYS:
+        raise ArchiveError(f"graph info has entries {sorted(info)}, expected {sorted(_INFO_KEYS)}")
+    sparsity = {attribute_path(k, "sparsity entry"): sparsity_pattern(v, f"sparsity of {k!r}")
+                for k, v in expect(info["sparsity"], dict, "sparsity").items()}
+    missing = set(sparsity) - attributes
+    if missing:
+        raise ArchiveError(f"sparsity names {sorted(missing)}, which are not attributes of the graph")
+    policy = info["shape_policy"]
+    if policy not in _SHAPE_POLICIES:
+        raise ArchiveError(f"shape_policy {str(policy)[:40]!r} is not one of {sorted(_SHAPE_POLICIES)}")
+    return {
+        "dynamic_batch": expect(info["dynamic_batch"], bool, "dynamic_batch"),
+        "applied": [bounded_str(a, "applied pass", MAX_NAME) for a in expect(info["applied"], list, "applied")],
+        "sparsity": sparsity,
+        "shape_policy": policy,
+        "shape_notes": [bounded_str(n, "shape note") for n in expect(info["shape_notes"], list, "shape notes")],
+        "dynamic_dims": {bounded_str(k, "dynamic input name", MAX_NAME): tuple(int_list(v, f"dynamic dims of {k!r}"))
+                         for k, v in expect(info["dynamic_dims"], dict, "dynamic dims").items()},
+    }
 
 
 def _install_attributes(attributes, tensors, device, used: set[str]) -> tuple[nn.Module, set[str]]:

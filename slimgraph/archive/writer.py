@@ -42,8 +42,7 @@ def save(module: nn.Module, path: str | os.PathLike, *, compress: bool = False) 
         "attributes": attributes,
         **_encode_io(module.graph),
         "examples": _example_entries(module, info, tensors),
-        "info": {"applied": list(info.applied), "dynamic_batch": bool(info.dynamic_batch),
-                 "sparsity": dict(getattr(info, "sparsity", {}) or {})},
+        "info": _encode_info(info),
     }
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "torch_version": torch.__version__}
     if compress:
@@ -55,6 +54,12 @@ def save(module: nn.Module, path: str | os.PathLike, *, compress: bool = False) 
         metadata["graph"] = json.dumps(description, separators=(",", ":"))
     write_archive(path, tensors, metadata)
     return path
+
+
+def _encode_info(info: GraphInfo) -> dict:
+    return {"applied": list(info.applied), "dynamic_batch": bool(info.dynamic_batch),
+            "sparsity": dict(info.sparsity), "shape_policy": info.shape_policy, "shape_notes": list(info.shape_notes),
+            "dynamic_dims": {name: list(dims) for name, dims in info.dynamic_dims.items()}}
 
 
 def _collect_tensors(gm: fx.GraphModule) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
