@@ -217,11 +217,11 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | Non
         say(f"fallback: {line}")
     evaluator = _Evaluator(eval_fn, original_graph, split, args, kwargs)
     result = CompressResult(name, description, config, [], original_graph, out, settings=settings,
-                            metric=evaluator.headline, metric_source=evaluator.source,
                             data=split.describe() if split else "no data given: nothing held out", fallbacks=fallbacks,
                             original=original_graph)
-    say(f"evaluating the original ({evaluator.source}) ...")
+    say("evaluating the original ...")
     result.stages.append(_stage("original", model, original_graph, evaluator, time.perf_counter() - start))
+    result.metric, result.metric_source = evaluator.headline, evaluator.source  # known once eval_fn has run
     current: fx.GraphModule = original_graph
 
     if settings["prune"]:
@@ -387,9 +387,9 @@ class _Evaluator:
         name = getattr(eval_fn, "__name__", "metric") if eval_fn is not None else FIDELITY
         self.user_name = "metric" if name.startswith("<") else name
         self.headline = self.user_name if eval_fn is not None else FIDELITY
-        self.source = (f"{self.headline}: the user's eval_fn, evaluated on each stage (higher is better)"
-                       if eval_fn is not None
-                       else self.fidelity)
+        # an eval_fn may say what it measures (the built-in demos do): the report quotes it
+        self.what = getattr(eval_fn, "description", None) or "the user's eval_fn, evaluated on each stage"
+        self.source = f"{self.headline}: {self.what} (higher is better)" if eval_fn is not None else self.fidelity
 
     def __call__(self, stage: str, module: nn.Module) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -407,7 +407,12 @@ class _Evaluator:
         except Exception as exc:  # noqa: BLE001 - the user's code: name the stage and what it raised
             raise InputError(f"eval_fn raised on the {stage} model: {type(exc).__name__}: {exc}") from exc
         if isinstance(value, dict):
+            if not value:
+                raise InputError(f"eval_fn returned an empty dict on the {stage} model")
             values = value
+            if self.headline == self.user_name:  # a dict's first entry is the headline
+                self.headline = str(next(iter(value)))
+                self.source = f"{self.headline}: {self.what} (higher is better)"
         elif isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
             values = {self.user_name: value}
         else:

@@ -106,9 +106,13 @@ def load_digits_cnn():
     x_train, y_train, x_test, y_test = digits_data()
     acc = accuracy(model, x_test, y_test)
     train = [{"args": (x_train[i:i + 64],), "labels": y_train[i:i + 64]} for i in range(0, len(x_train), 64)]
+    def evaluate(candidate):
+        return {"accuracy": accuracy(candidate, x_test, y_test)}
+
+    evaluate.description = f"top-1 accuracy in % on the {len(x_test)} held-out test images of sklearn digits"
     return Demo("digits-cnn", model, (x_test[:16],), {},
                 description=f"CNN on sklearn digits (8x8), test accuracy {acc:.1f}%",
-                evaluate=lambda candidate: {"accuracy": accuracy(candidate, x_test, y_test)},
+                evaluate=evaluate,
                 train_batches=train, calib_batches=[b["args"] for b in train[:8]], distill=DISTILL)
 
 
