@@ -282,3 +282,13 @@ def test_deep_compression_options_report_bytes_on_disk(tmp_path):
     assert [row["step"] for row in report["disk_bytes"]][-1].startswith("coded")
     with pytest.raises(InputError, match="int8 quantization would replace the shared codebooks"):
         compress(Net(), data=data, share_bits=4, quant="w8a8-dynamic", **FAST)
+
+
+def test_a_dict_metric_names_the_headline_and_its_description_reaches_the_report(tmp_path):
+    def quality(model):
+        return {"acc": 0.5, "loss": 1.0}
+
+    quality.description = "accuracy on my own test set"
+    result = compress(Net(), data=_batches(8), eval_fn=quality, quant=None, out=tmp_path, **FAST)
+    assert result.metric == "acc" and result.metric_source == "acc: accuracy on my own test set (higher is better)"
+    assert "accuracy on my own test set" in (tmp_path / "report.md").read_text()
