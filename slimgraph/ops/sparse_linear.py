@@ -9,10 +9,10 @@ deep copies and ``state_dict`` treat them like any weight. Schema::
     slimgraph::sparse_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, int n, int k,
                              Tensor? bias, str activation) -> Tensor
 
-Execution: ``torch.sparse.addmm`` over a CSR view of the three tensors (MKL sparse BLAS on x86 CPUs, cuSPARSE on
-CUDA; int32 indices, which MKL needs for its fast path). For a handful of rows on CPU, scipy's CSR
-matrix-vector product is used instead when scipy is installed: torch's CSR path loses to the dense GEMV there while
-scipy's wins (bench/results/sparse-mlp-cpu.md, backend rows). fp16/bf16 on CPU compute in fp32 (no sparse half
+Execution: ``torch.sparse.mm`` over a CSR view of the three tensors (MKL sparse BLAS on x86 CPUs, cuSPARSE on
+CUDA; int32 indices, which MKL needs for its fast path). For a single row on CPU, scipy's CSR matrix-vector product
+is used instead when scipy is installed: torch's CSR path does not beat the dense GEMV there while scipy's does
+(bench/results/sparse-mlp-cpu.md, backend rows). fp16/bf16 on CPU compute in fp32 (no sparse half
 kernels there). Cost: ``rows x nnz`` MACs. ONNX: densified in the graph (ScatterND of the stored values) and one
 ``Gemm``; runtimes see a dense layer, exact to the stored values. No autograd: this is an inference form; fine-tune
 the dense sparsified model (``graph_info(gm).sparsity``) before lowering.
@@ -35,8 +35,9 @@ __all__ = ["CsrWeight", "sparse_linear", "sparse_linear_reference", "to_csr"]
 
 OP = "sparse_linear"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# At most this many rows go through scipy's CSR product on CPU; more rows amortize torch's (threaded) MKL call.
-SCIPY_MAX_ROWS = 4
+# At most this many rows go through scipy's CSR product on CPU. scipy's one-vector product beats torch's CSR call
+# and the dense GEMV by far, its multi-vector product does not beat torch's (bench/results/sparse-mlp-cpu.md).
+SCIPY_MAX_ROWS = 1
 
 
 @dataclass(frozen=True)
