@@ -39,6 +39,7 @@ DECODED_BYTES_FLOOR = 64 * 2**20  # ... plus this, over the whole archive
 
 # ------------------------------------------------------------------------------------------------ grammar
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 _INDEX = re.compile(r"(0|[1-9][0-9]{0,8})\Z")
 TENSOR_KEY = re.compile(r"@?[A-Za-z0-9_][A-Za-z0-9_.:/]{0,255}\Z")
 _SPARSITY = re.compile(r"(unstructured|[1-9][0-9]{0,2}:[1-9][0-9]{0,2}|[1-9][0-9]{0,3}x[1-9][0-9]{0,3})\Z")
@@ -375,6 +376,8 @@ def _is_model_output(t: type) -> bool:
 def _model_output(name, items: dict, where: str, warn):
     """The ModelOutput class named ``name`` if this process already registered it, else a plain dict."""
     name = bounded_str(name, f"{where}: output type name", MAX_NAME)
+    if not _QUALNAME.match(name) or "__" in name:
+        raise ArchiveError(f"{where}: output type name {_show(name)} is not a dotted module.Class name")
     for t in list(pytree.SUPPORTED_NODES):  # types registered in this process; nothing is imported here
         if isinstance(t, type) and f"{t.__module__}.{t.__qualname__}" == name and _is_model_output(t):
             if not all(isinstance(k, str) and k in getattr(t, "__dataclass_fields__", {}) for k in items):
