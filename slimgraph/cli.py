@@ -165,7 +165,8 @@ def _config(args):
         reconstruct=_reconstruct(args), round_to=args.round_to, distill_steps=args.distill,
         quant=_quant(args), smoothquant=_smoothquant(args.smoothquant), onnx=not args.no_onnx,
         seed=args.seed, eval_fraction=args.eval_fraction, timing_rounds=args.timing_rounds, sparsity=args.sparsity,
-        pattern=args.pattern, share_bits=args.share_bits, entropy=args.entropy)
+        pattern=args.pattern, share_bits=args.share_bits, entropy=args.entropy,
+        keep_profitable=not args.int8_everywhere)
 
 
 def _quant(args):
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--smoothquant", default=defaults.SMOOTHQUANT, help="SmoothQuant alpha, 'auto' (0.5 for "
                        "w8a8 schemes, off for w8a16) or 'none' (default auto)")
         p.add_argument("--no-onnx", action="store_true", help="do not export to ONNX")
+        p.add_argument("--int8-everywhere", action="store_true", help="quantize every layer even where int8 is "
+                       "slower than float on this device (default: each layer is timed, int8 kept where faster)")
         p.add_argument("--seed", type=int, default=defaults.SEED, help=f"random seed (default {defaults.SEED})")
         data_options(p, "input batches for calibration, importance, refit and distillation (1 in "
                      f"{round(1 / defaults.EVAL_FRACTION)} held out for evaluation)")

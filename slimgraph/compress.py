@@ -66,6 +66,7 @@ class CompressConfig:
     pattern: str = defaults.SPARSE_PATTERN
     share_bits: int | None = None  # k-means weight sharing, code width (sg.share_weights); None = off
     entropy: bool = False  # also write the final archive entropy coded (sg.save(..., compress=True))
+    keep_profitable: bool = defaults.COMPRESS_KEEP_PROFITABLE  # int8 per layer only where measured faster
 
     def __post_init__(self):
         if self.prune is not None and not 0.0 <= self.prune < 1.0:
@@ -247,15 +248,7 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, batches: list[Batch] | Non
         current = share_stage(result, current, args, kwargs, calib, evaluator, _stage)
 
     if settings["quant"]:
-        from .quant import last_report, quantize
-
-        say(f"quantizing ({settings['quant']}, SmoothQuant {settings['smoothquant']}) ...")
-        start = time.perf_counter()
-        current = quantize(current, args, scheme=settings["quant"], calib=[b.for_calibration() for b in calib] or None,
-                           example_kwargs=kwargs, smoothquant=settings["smoothquant"])
-        report = last_report(current)
-        note = f"{len(report.quantized)} layers int8" if report is not None else ""
-        result.stages.append(_stage("quantized", current, current, evaluator, time.perf_counter() - start, note))
+        current = _quant_stage(result, current, args, kwargs, calib, evaluator)
     elif not (settings["prune"] or settings["sparsity"] or settings["share_bits"]):
         from .passes.manager import PassManager
 
@@ -317,6 +310,7 @@ def _resolve(config: CompressConfig, split: DataSplit | None, fallbacks: list[st
         "calib_batches": config.calib_batches if has_data else None, "timing_rounds": config.timing_rounds,
         "sparsity": config.sparsity, "pattern": config.pattern if config.sparsity else None,
         "share_bits": config.share_bits, "entropy": config.entropy,
+        "keep_profitable": config.keep_profitable if config.quant else None,
     }
 
 
@@ -482,6 +476,39 @@ def _prune_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, ca
             say(f"fallback: {line}")
     result.stages.append(_stage("pruned", pruned, pruned, evaluator, time.perf_counter() - start, note))
     return pruned
+
+
+def _quant_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, calib, evaluator) -> fx.GraphModule:
+    from .quant import last_report, quantize
+
+    s = result.settings
+    calib_data = [b.for_calibration() for b in calib] or None
+    say(f"quantizing ({s['quant']}, SmoothQuant {s['smoothquant']}"
+        + (", each layer timed: int8 kept only where it is faster on this device" if s["keep_profitable"] else "")
+        + ") ...")
+    start = time.perf_counter()
+    if s["keep_profitable"]:
+        from .autotune import keep_profitable
+
+        chosen = keep_profitable(graph, args, s["quant"], example_kwargs=kwargs, calib=calib_data,
+                                 smoothquant=s["smoothquant"])
+        quantized = chosen.model
+        if chosen.kept_float:
+            result.settings["layers_kept_float"] = chosen.kept_float
+        if not chosen.used_int8:
+            line = (f"int8 ({s['quant']}) was not faster than float on this device for the whole model "
+                    f"({chosen.int8_ms:.2f} vs {chosen.float_ms:.2f} ms): the quantized stage is the float graph")
+            result.fallbacks.append(line)
+            say(f"fallback: {line}")
+    else:
+        quantized = quantize(graph, args, scheme=s["quant"], calib=calib_data, example_kwargs=kwargs,
+                             smoothquant=s["smoothquant"])
+    report = last_report(quantized)
+    note = f"{len(report.quantized)} layers int8" if report is not None else "float (int8 not faster here)"
+    if s["keep_profitable"] and report is not None:
+        note += f", {len(result.settings.get('layers_kept_float', []))} kept in float (slower in int8 here)"
+    result.stages.append(_stage("quantized", quantized, quantized, evaluator, time.perf_counter() - start, note))
+    return quantized
 
 
 def _time_stages(result: CompressResult, args: tuple, kwargs: dict, rounds: int) -> None:

@@ -58,6 +58,8 @@ COMPRESS_HEADS = 0.25
 COMPRESS_QUANT = QUANT_SCHEME
 COMPRESS_DISTILL_STEPS = None  # None: a built-in demo's tuned setting; 0 for user models unless asked
 COMPRESS_ONNX = True
+# int8 only for the layers (and the model) measured faster than float on the device the job runs on
+COMPRESS_KEEP_PROFITABLE = True
 SEED = 0
 
 # ------------------------------------------------------------------------------------------------ data split

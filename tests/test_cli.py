@@ -123,7 +123,9 @@ def test_compress_is_deterministic_given_a_seed(tmp_path, cache_dir):
     from slimgraph.demos import load_model
 
     demo = load_model("digits-cnn")
-    config = CompressConfig(prune=0.5, distill_steps=20, quant="w8a8", onnx=False, timing_rounds=1)
+    # keep_profitable decides by measured speed, which varies between runs: off for a determinism check
+    config = CompressConfig(prune=0.5, distill_steps=20, quant="w8a8", onnx=False, timing_rounds=1,
+                            keep_profitable=False)
     data = demo.train_batches[:8]
     first = compress(demo.model, demo.args, data=data, eval_fn=demo.evaluate, config=config, out=tmp_path / "a")
     second = compress(demo.model, demo.args, data=data, eval_fn=demo.evaluate, config=config, out=tmp_path / "b")
