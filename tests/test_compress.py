@@ -292,3 +292,18 @@ def test_a_dict_metric_names_the_headline_and_its_description_reaches_the_report
     result = compress(Net(), data=_batches(8), eval_fn=quality, quant=None, out=tmp_path, **FAST)
     assert result.metric == "acc" and result.metric_source == "acc: accuracy on my own test set (higher is better)"
     assert "accuracy on my own test set" in (tmp_path / "report.md").read_text()
+
+
+def test_int8_that_does_not_pay_off_is_a_reported_fallback(monkeypatch):
+    import slimgraph.autotune as autotune
+
+    def slower(model, args, scheme, **kw):
+        return autotune.ProfitableResult(model, [], ["fc1"], float_ms=1.0, int8_ms=2.0, used_int8=False)
+
+    monkeypatch.setattr(autotune, "keep_profitable", slower)
+    result = compress(Net(), data=_batches(8), **FAST)
+    assert result.settings["keep_profitable"] is True and result.settings["layers_kept_float"] == ["fc1"]
+    assert any("was not faster than float" in f and "2.00 vs 1.00 ms" in f for f in result.fallbacks)
+    assert result.stage("quantized").note.startswith("float")
+    forced = compress(Net(), data=_batches(8), keep_profitable=False, **FAST)  # int8 everywhere, as asked
+    assert "layers int8" in forced.stage("quantized").note and not any("not faster" in f for f in forced.fallbacks)
