@@ -470,6 +470,11 @@ def _prune_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, ca
     if report.reconstructed:
         note += f", {len(report.reconstructed)} layers refit by least squares"
     result.not_pruned = [(g.name, g.status, g.reason) for g in report.groups if g.status != "pruned"]
+    if not report.pruned:
+        why = "; ".join(sorted({r for _, _, r in result.not_pruned if r})[:3]) or "no prunable group"
+        line = f"pruning was asked for and no group could be pruned ({why}): the pruned stage equals the original"
+        result.fallbacks.append(line)
+        say(f"fallback: {line}")
     for line in report.notes:
         if "skipped" in line:  # a refit the data could not support: the layer kept its sliced weights
             result.fallbacks.append(line)
@@ -505,6 +510,10 @@ def _quant_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, ca
                              smoothquant=s["smoothquant"])
     report = last_report(quantized)
     note = f"{len(report.quantized)} layers int8" if report is not None else "float (int8 not faster here)"
+    if report is not None and not report.quantized:
+        line = f"no layer could be quantized to {s['quant']} ({'; '.join(report.notes) or 'nothing to quantize'})"
+        result.fallbacks.append(line)
+        say(f"fallback: {line}")
     if s["keep_profitable"] and report is not None:
         note += f", {len(result.settings.get('layers_kept_float', []))} kept in float (slower in int8 here)"
     result.stages.append(_stage("quantized", quantized, quantized, evaluator, time.perf_counter() - start, note))

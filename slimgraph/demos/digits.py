@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -88,8 +89,9 @@ def trained_digits_cnn() -> DigitsCNN:
         try:
             model.load_state_dict(load_file(str(path)))
             return model.eval()
-        except Exception:  # corrupt or stale cache: retrain below
-            pass
+        except Exception as exc:  # noqa: BLE001 - corrupt or stale cache: retrain below, and say so
+            print(f"[slimgraph] cached digits CNN {path} unreadable ({type(exc).__name__}); retraining it",
+                  file=sys.stderr, flush=True)
     x_train, y_train, _, _ = digits_data()
     train(model, x_train, y_train)
     path.parent.mkdir(parents=True, exist_ok=True)
