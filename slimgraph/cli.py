@@ -456,9 +456,12 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     from .errors import SlimgraphError
 
+    from .compress import quiet_torch_internals
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with quiet_torch_internals():
+            return int(args.func(args) or 0)
     except SlimgraphError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

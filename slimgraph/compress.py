@@ -24,6 +24,7 @@ with an :class:`InputError` before any work, or runs a documented fallback that 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -132,6 +133,15 @@ class CompressResult:
         return next(s for s in self.stages if s.name == name)
 
 
+@contextlib.contextmanager
+def quiet_torch_internals():
+    """Hide torch's own pytree deprecation, raised from inside copy.deepcopy of its tree specs: not the user's
+    business, and a stray line in every log of the main job and the CLI."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        yield
+
+
 def say(msg: str) -> None:
     """Line-based progress on stderr: one line per step, readable in a terminal and in a CI log alike."""
     print(f"[slimgraph] {msg}", file=sys.stderr, flush=True)
@@ -188,10 +198,7 @@ def compress(
             raise InputError("compress() needs example_inputs, or data to take the first batch from")
         example_inputs, example_kwargs = batches[0].args, {**batches[0].kwargs, **(example_kwargs or {})}
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    with warnings.catch_warnings():
-        # torch's own pytree deprecation, raised from inside copy.deepcopy of its tree specs: not the user's
-        # business, and a stray line in every compress log
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    with quiet_torch_internals():
         return _run(model, args, dict(example_kwargs or {}), batches, eval_fn, config,
                     Path(out) if out is not None else None, name or type(model).__name__,
                     description or f"{type(model).__name__} ({sum(p.numel() for p in model.parameters())} "
