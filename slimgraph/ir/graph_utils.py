@@ -218,3 +218,50 @@ def op_name(target) -> str:
     if isinstance(target, torch._ops.OpOverloadPacket):
         return f"{target._qualified_op_name.replace('::', '.')}"
     return getattr(target, "__name__", str(target))
+
+
+# ---------------------------------------------------------------------------------- GEMM weights
+
+aten = torch.ops.aten
+
+# ops whose weight operand (by position) is a GEMM weight in float
+_FLOAT_GEMMS = {
+    aten.linear.default: (1,), aten.mm.default: (0, 1), aten.matmul.default: (0, 1), aten.bmm.default: (0, 1),
+    aten.addmm.default: (1, 2), aten.baddbmm.default: (1, 2), aten.conv1d.default: (1,), aten.conv2d.default: (1,),
+    aten.conv3d.default: (1,), aten.conv1d.padding: (1,), aten.conv2d.padding: (1,), aten.conv3d.padding: (1,),
+    aten.convolution.default: (1,), aten.conv_transpose1d.default: (1,), aten.conv_transpose2d.input: (1,),
+    aten.conv_transpose3d.input: (1,), aten.einsum.default: (1,),
+}
+# shape-only ops a weight may pass through on its way to a GEMM
+_VIEWS = {aten.t.default, aten.transpose.int, aten.permute.default, aten.view.default, aten.reshape.default,
+          aten._unsafe_view.default, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
+          aten.contiguous.default, aten.clone.default, aten._to_copy.default, aten.to.dtype, aten.select.int,
+          aten.slice.Tensor, aten.index.Tensor, aten.split.Tensor, aten.chunk.default, aten.unbind.int,
+          aten.split_with_sizes.default, aten.detach.default, aten.alias.default, operator.getitem}
+_RNNS = {aten.lstm.input, aten.gru.input, aten.rnn_tanh.input, aten.rnn_relu.input}
+
+
+def _float_gemms() -> dict:
+    # slimgraph's fused float ops are registered when their package is imported: look them up late
+    sgops = torch.ops.slimgraph
+    extra = {getattr(sgops, n).default: (1,) for n in ("linear_act", "conv_act") if hasattr(sgops, n)}
+    return {**_FLOAT_GEMMS, **extra}
+
+
+def gemm_weight_consumer(node: fx.Node, depth: int = 0) -> fx.Node | None:
+    """The GEMM that reads ``node`` (a constant or a view of one) as a weight operand, if any."""
+    if depth > 8:
+        return None
+    for user in node.users:
+        if user.op != "call_function":
+            continue
+        positions = _float_gemms().get(user.target)
+        if positions is not None and any(i < len(user.args) and user.args[i] is node for i in positions):
+            return user
+        if user.target in _RNNS and any(node in (a if isinstance(a, (list, tuple)) else [a]) for a in user.args):
+            return user
+        if user.target in _VIEWS and user.args and user.args[0] is node:
+            found = gemm_weight_consumer(user, depth + 1)
+            if found is not None:
+                return found
+    return None

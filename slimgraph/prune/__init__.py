@@ -26,6 +26,7 @@ from ..ir.propagate import refresh
 from ..passes.base import Pass, PassResult, register_pass
 from ..report import format_table, human, totals
 from .analysis import Analysis, Group, analyze
+from .coverage import PruneCoverage, prune_coverage
 from .importance import CRITERIA, unit_scores
 from .plan import GroupPlan, group_ratio, plan_removals
 from .reconstruct import Reconstruction, collect_grams, find_consumers, refit
@@ -59,6 +60,7 @@ class PruneReport:
     macs_after: int = 0
     notes: list[str] = field(default_factory=list)
     reconstructed: list[Reconstruction] = field(default_factory=list)  # GEMMs refit by least squares
+    coverage: PruneCoverage | None = None  # GEMM weight parameters in a prunable group, biggest left out
 
     @property
     def pruned(self) -> list[GroupReport]:
@@ -78,9 +80,10 @@ class PruneReport:
             refit = (f"\nreconstructed {len(r)} linear layer(s) by least squares: calibration output error "
                      f"{100 * np.mean([x.error_sliced for x in r]):.2f}% (sliced) -> "
                      f"{100 * np.mean([x.error_reconstructed for x in r]):.2f}% (mean over layers)")
+        cov = f"\ncoverage: {self.coverage.summary()}" if self.coverage is not None else ""
         return (f"{body}{more}\n(* = removal changes normalization statistics: not exact even for dead units)\n"
                 f"params {human(self.params_before)} -> {human(self.params_after)}, "
-                f"MACs {human(self.macs_before)} -> {human(self.macs_after)}{refit}")
+                f"MACs {human(self.macs_before)} -> {human(self.macs_after)}{refit}{cov}")
 
 
 def _fmt(v: float) -> str:
@@ -118,6 +121,7 @@ class Prune(Pass):
         _check_ratio_keys(a, self.ratios)
         ignored = _ignored_groups(a, self.ignore)
         candidates = [g for g in a.groups if g.prunable and g.index not in ignored]
+        report.coverage = prune_coverage(a, candidates)
         plans: list[GroupPlan] = []
         if candidates and (self.ratio > 0 or any(v > 0 for v in (self.ratios or {}).values())):
             scores, notes = unit_scores(a, candidates, self.importance, calib=self.calib, loss_fn=self.loss_fn,

@@ -30,6 +30,7 @@ from ..ir.graph_utils import get_attr_tensor
 from ..ir.propagate import refresh
 from ..passes.base import Pass, PassResult, register_pass
 from .calibrate import Batch, NodeValues, check_finite, normalize_batches, run_outputs, run_watched
+from .coverage import gemm_weight_coverage
 from .observers import OBSERVERS, ChannelAbsMax, make_observer
 from .ops import quantize_weight
 from .report import REPORT_KEY, LayerReport, QuantReport
@@ -87,6 +88,7 @@ class Quantize(Pass):
         decisions = decide_schemes(targets, self.scheme, self.skip, self.per_layer)
         if not any(d.scheme != FLOAT for d in decisions.values()):
             report.layers = [_row(t, decisions[t.node.name], None) for t in targets]
+            report.coverage = gemm_weight_coverage(gm, {t.node.name: decisions[t.node.name].reason for t in targets})
             report.notes.append("nothing to quantize: no supported linear/conv/matmul/embedding layer "
                                 "(or all of them skipped); the model is unchanged")
             return PassResult(gm, False, {"quantized": 0, REPORT_KEY: report}, list(report.notes))
@@ -123,6 +125,8 @@ class Quantize(Pass):
             if name in reverted:
                 decision = LayerDecision(FLOAT, reverted[name])
             report.layers.append(_row(t, decision, by_name.get(name), sqnr.get(name)))
+        # in parameters, not layers: MoE experts and GEMMs no target matched count too (issue 11)
+        report.coverage = gemm_weight_coverage(gm, {r.node: r.reason for r in report.skipped if r.reason})
         notes = [f"{r.name}: float ({r.reason})" for r in report.skipped if r.reason]
         stats = {"quantized": len(report.quantized), "float": len(report.skipped), **rewrite_stats,
                  REPORT_KEY: report}

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch.fx as fx
 
 from ..ir.info import graph_info
+from .coverage import Coverage
 
 REPORT_KEY = "report"  # PassRecord.stats key of the quant pass holding its QuantReport
 
@@ -58,6 +59,7 @@ class QuantReport:
     eval_data: str = ""  # what eval_* were measured on, in words
     max_error: float | None = None
     notes: list[str] = field(default_factory=list)
+    coverage: Coverage | None = None  # GEMM weight parameters in int8 vs left in float, biggest left out first
 
     @property
     def quantized(self) -> list[LayerReport]:
@@ -69,6 +71,8 @@ class QuantReport:
 
     def summary(self) -> str:
         head = f"{self.scheme} ({self.observer}): {len(self.quantized)} of {len(self.layers)} layers int8"
+        if self.coverage is not None:
+            head += f"; {self.coverage.summary()}"
         if self.eval_rel_error is not None:
             head += (f"; on {self.eval_data}: output rel. error {self.eval_rel_error:.2e}, "
                      f"min cosine {self.eval_cosine:.5f}")

@@ -185,7 +185,8 @@ def _binary_scalar(a: Analysis, node: fx.Node):
     return couple_elementwise(a, node, [x for x in node.args[:2] if isinstance(x, fx.Node)])
 
 
-@rule(aten.where.self, aten.masked_fill.Tensor, aten.lerp.Scalar, aten.addcmul.default)
+@rule(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar, aten.masked_fill.Tensor,
+      aten.lerp.Scalar, aten.addcmul.default)
 def _ternary(a: Analysis, node: fx.Node):
     return couple_elementwise(a, node, [x for x in node.args[:3] if isinstance(x, fx.Node)])
 

@@ -19,19 +19,34 @@ _REDUCTIONS = {aten.mean.dim, aten.mean.default, aten.sum.dim_IntList, aten.sum.
 
 @rule(*_REDUCTIONS)
 def _reduce(a: Analysis, node: fx.Node):
+    raw = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.target in (aten.mean.default, aten.sum.default):
+        raw = None
+    keepdim = bool(node.args[2]) if len(node.args) > 2 and isinstance(node.args[2], bool) else \
+        bool(node.kwargs.get("keepdim", False))
+    return reduce_labels(a, node, raw, keepdim, exact=node.target in _EXACT_REDUCTIONS)
+
+
+@rule(aten.linalg_vector_norm.default)
+def _vector_norm(a: Analysis, node: fx.Node):
+    # linalg_vector_norm(x, ord, dim, keepdim): per channel over other dims (ConvNeXt-V2's GRN) is exact
+    raw = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    keepdim = bool(node.args[3]) if len(node.args) > 3 else bool(node.kwargs.get("keepdim", False))
+    return reduce_labels(a, node, raw, keepdim, exact=False)
+
+
+def reduce_labels(a: Analysis, node: fx.Node, raw, keepdim: bool, exact: bool) -> Labels | None:
+    """Labels of a reduction of ``node.args[0]`` over ``raw`` dims (None or []: all of them)."""
     lab = a.lab(node.args[0])
     if lab is None:
         return None
     nd = lab.ndim
-    raw = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if node.target in (aten.mean.default, aten.sum.default) or raw is None or raw == []:
+    if raw is None or raw == []:
         dims = list(range(nd))
     else:
         dims = [d % nd for d in (raw if isinstance(raw, (list, tuple)) else [raw])]
-    keepdim = bool(node.args[2]) if len(node.args) > 2 and isinstance(node.args[2], bool) else \
-        bool(node.kwargs.get("keepdim", False))
     reduced_tracked = [d for d in dims if lab.tracked[d]]
-    if reduced_tracked and node.target not in _EXACT_REDUCTIONS:
+    if reduced_tracked and not exact:
         a.uf.mark_approximate(lab.array, _reason(node, "reduction over channels changes when channels go"))
     arr = lab.array
     for d in dims:

@@ -163,6 +163,20 @@ def _expand(a: Analysis, node: fx.Node):
     return Labels(lab.array.reshape((1,) * pad + lab.array.shape), (False,) * pad + lab.tracked)
 
 
+@rule(aten.repeat.default)
+def _repeat(a: Analysis, node: fx.Node):
+    # repeat(x, reps) tiles x: every copy of a unit's position holds the unit, so a removed unit leaves each
+    # copy (the output keeps its reps, only the tiled dim shrinks); new leading dims carry no labels
+    lab = a.lab(node.args[0])
+    if lab is None:
+        return None
+    reps = [int(r) for r in node.args[1]]
+    pad = len(reps) - lab.ndim
+    arr = lab.array.reshape((1,) * pad + lab.array.shape)
+    tracked = (False,) * pad + tuple(lab.tracked)
+    return Labels(np.tile(arr, [r if tracked[d] else 1 for d, r in enumerate(reps)]), tracked)
+
+
 @rule(aten.cat.default)
 def _cat(a: Analysis, node: fx.Node):
     out_shape = a.shape(node)
