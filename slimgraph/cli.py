@@ -454,9 +454,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import SlimgraphError
-
     from .compress import quiet_torch_internals
+    from .errors import SlimgraphError
 
     args = build_parser().parse_args(argv)
     try:
