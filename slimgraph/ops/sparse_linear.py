@@ -35,8 +35,9 @@ __all__ = ["CsrWeight", "sparse_linear", "sparse_linear_reference", "to_csr"]
 
 OP = "sparse_linear"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# At most this many rows go through scipy's CSR product on CPU. scipy's one-vector product beats torch's CSR call
-# and the dense GEMV by far, its multi-vector product does not beat torch's (bench/results/sparse-mlp-cpu.md).
+# At most this many rows go through scipy's CSR product on CPU. At one row scipy's product beat torch's CSR call and
+# the dense GEMV by >10x in every committed run (bench/results/sparse-mlp-cpu.md); at 2-8 rows torch's was ahead, and
+# beyond that the two traded places between runs on the loaded machine, so the threaded torch path keeps them.
 SCIPY_MAX_ROWS = 1
 
 
