@@ -145,13 +145,13 @@ def _check_inputs(example_inputs, example_kwargs) -> tuple[tuple, dict]:
     kwargs = dict(example_kwargs or {})
     for where, value in [*((f"example_inputs[{i}]", a) for i, a in enumerate(example_inputs)),
                          *((f"example_kwargs[{k!r}]", v) for k, v in kwargs.items())]:
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            raise InputError(f"{where} contains NaN or Inf; capture needs finite example inputs")
         if isinstance(value, torch.Tensor) and not _runnable(value.device):
             raise InputError(
                 f"{where} is on the '{value.device}' device, where nothing can run; capture traces the model "
                 "with real example values: move the inputs (and the model) to 'cpu' or 'cuda'"
             )
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise InputError(f"{where} contains NaN or Inf; capture needs finite example inputs")
     return example_inputs, kwargs
 
 
@@ -193,6 +193,13 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes, *, obli
     size_rule = dynamic.size_oblivious() if oblivious else contextlib.nullcontext()
     with _eval_mode(model), _quiet_export_warnings(), size_rule:
         ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
+    if dynamic_shapes is not None:
+        # ep.module() checks export's shape guards before each call; our graph drops that check, so a graph whose
+        # symbolic dims are only valid on a curve of sizes (a branch taken on `h * w == 16`) must not be used
+        pinned = dynamic.restrictive_guards(list(getattr(ep, "_guards_code", ()) or ()))
+        if pinned:
+            raise CaptureError(f"the traced graph is only valid where {' and '.join(pinned[:3])} (a Python branch on "
+                               "input sizes); those dims cannot vary freely")
     return ep.module()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import signal
 import threading
 import warnings
@@ -186,6 +187,28 @@ def is_symbolic(size) -> bool:
         return not node.shape_env.replace(node.expr).is_number
     except Exception:  # noqa: BLE001 - an unusual symbol kind: treat as dynamic, the conservative reading
         return True
+
+
+_PLAIN_SIZE = re.compile(r"^L(\[[^\]]+\])+\.size\(\)\[\d+\]$")
+
+
+def restrictive_guards(guards: list[str]) -> list[str]:
+    """Guards export recorded that pin an expression of several sizes to a constant, e.g. a ViT's
+    ``(H // 4) * (W // 4) == 16``: the graph is then valid only on that curve, not for the sizes the dims claim.
+    Specialising one size (``L['x'].size()[1] == 3``), equal sizes and inequalities are fine."""
+    bad = []
+    for guard in guards:
+        left, op, right = guard.partition(" == ")
+        if not op:
+            continue
+        left, right = left.strip().strip("()"), right.strip().strip("()")
+        constant = right if right.lstrip("-").isdigit() else left if left.lstrip("-").isdigit() else None
+        if constant is None:
+            continue
+        other = left if constant is right else right
+        if not _PLAIN_SIZE.match(other):
+            bad.append(guard)
+    return bad
 
 
 def symbolic_dims(gm: fx.GraphModule, names: list[str]) -> dict[str, tuple[int, ...]]:
