@@ -8,8 +8,9 @@ split (``slimgraph.demos.digits.digits_data``). Models: LeNet-300-100 (784-300-1
 (conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10). Per model:
 
 1. train the fp32 baseline (cross-entropy);
-2. ``sg.sparsify(..., pattern="unstructured", scope="global", importance="l1", lower="off")``;
-3. retrain with the pattern kept: ``sg.distill`` from the baseline with the labels mixed in (zeros stay zero);
+2. ``sg.sparsify(..., pattern="unstructured", scope="global", importance="l1", lower="off")``, iteratively
+   (80% -> 90% -> 95% by default), each step followed by
+3. retraining with the pattern kept: ``sg.distill`` from the baseline with the labels mixed in (zeros stay zero);
 4. ``sg.share_weights(bits=5, conv_bits=8, data=...)``: k-means codebooks + centroid fine-tuning;
 5. ``sg.save(..., compress=True)``, reloaded with ``sg.load`` and evaluated from the file.
 
@@ -103,21 +104,23 @@ def run_lenet(name: str, args, workdir: Path) -> dict:
     batches = labelled_batches(x_train, y_train, 64, epochs=max(1, args.retrain_steps * 64 // len(x_train) + 1))
     stages = {"dense": {"accuracy": acc(dense), "bytes": archive_bytes(dense, workdir, name, False)[0],
                         "bytes_coded": archive_bytes(dense, workdir, name, True)[0]}}
-    sparsity = args.sparsity[name]
+    schedule = args.sparsity[name]
+    sparsity = schedule[-1]
     t0 = time.perf_counter()
-    pruned = sg.sparsify(dense, sparsity=sparsity, pattern="unstructured", scope="global", importance="l1",
-                         lower="off")
-    stages["pruned_no_retrain"] = {"accuracy": acc(pruned)}
-    print(f"{name}: dense {stages['dense']['accuracy']:.2f}%, pruned {stages['pruned_no_retrain']['accuracy']:.2f}%",
-          flush=True)
-    retrained = sg.distill(pruned, dense, batches, steps=args.retrain_steps, lr=args.lr, temperature=4.0,
-                           alpha=0.5, weight_decay=0.0, progress=False)
+    retrained = dense
+    for step_sparsity in schedule:  # iterative pruning, as the paper: prune, retrain, prune further, retrain
+        pruned = sg.sparsify(retrained, sparsity=step_sparsity, pattern="unstructured", scope="global",
+                             importance="l1", lower="off")
+        stages["pruned_no_retrain"] = {"accuracy": acc(pruned)}
+        retrained = sg.distill(pruned, dense, batches, steps=args.retrain_steps, lr=args.lr, temperature=4.0,
+                               alpha=0.5, weight_decay=0.0, progress=False)
+        print(f"{name}: pruned to {step_sparsity:.0%}: {stages['pruned_no_retrain']['accuracy']:.2f}%, retrained "
+              f"{acc(retrained):.2f}%", flush=True)
     timings["prune_retrain_s"] = time.perf_counter() - t0
     stages["pruned"] = {"accuracy": acc(retrained), "bytes": archive_bytes(retrained, workdir, f"{name}-pruned",
                                                                            True)[0],
                         "zeros_kept": zeros_kept(pruned, retrained),
                         "layers": {r.name: round(r.sparsity, 4) for r in sg.sparse.last_report(pruned).layers}}
-    print(f"{name}: retrained {stages['pruned']['accuracy']:.2f}%", flush=True)
     t0 = time.perf_counter()
     shared = sg.share_weights(retrained, bits=args.bits, conv_bits=args.conv_bits, data=batches,
                               steps=args.share_steps, lr=args.share_lr, temperature=4.0)
@@ -282,10 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="lenet300,lenet5,minilm")
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps, no sweep")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--sparsity300", type=float, default=0.95)
-    parser.add_argument("--sparsity5", type=float, default=0.95)
-    parser.add_argument("--retrain-steps", type=int, default=600)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sparsity300", default="0.8,0.9,0.95", help="iterative pruning schedule of LeNet-300-100")
+    parser.add_argument("--sparsity5", default="0.8,0.9,0.95", help="iterative pruning schedule of LeNet-5")
+    parser.add_argument("--retrain-steps", type=int, default=600, help="retraining steps after each pruning step")
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--bits", type=int, default=5)
     parser.add_argument("--conv-bits", type=int, default=8)
     parser.add_argument("--share-steps", type=int, default=200)
@@ -297,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--suffix", default="", help="appended to the result file names")
     args = parser.parse_args(argv)
-    args.sparsity = {"lenet300": args.sparsity300, "lenet5": args.sparsity5}
+    args.sparsity = {"lenet300": [float(v) for v in args.sparsity300.split(",")],
+                     "lenet5": [float(v) for v in args.sparsity5.split(",")]}
     args.sweep_bits = [int(b) for b in args.sweep_bits.split(",") if b]
     args.minilm_configs = _configs(args.minilm_configs)
     if args.quick:
