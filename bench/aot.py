@@ -114,8 +114,8 @@ def cases() -> list[Case]:
         return lambda: w8a16_matmul_kernel(e(M, K, dtype=dt), e(4096, K, dtype=i8), e(4096, dtype=f32),
                                            e(4096, dtype=dt), split_k=split)  # fmt: skip
 
-    for M in (16, 64, 256, 4096):
-        out.append(Case("w8a16_matmul", f"M={M} N=K=4096 x bf16 +bias", w8(M, 4096, bf16), fast=M == 16))
+    for M in (1, 16, 64, 256, 4096):  # M = 1 is the GEMV kernel
+        out.append(Case("w8a16_matmul", f"M={M} N=K=4096 x bf16 +bias", w8(M, 4096, bf16), fast=M in (1, 16)))
     out.append(Case("w8a16_matmul", "M=16 N=4096 K=11008 x fp16 (K tail, split-K 2)", w8(16, 11008, f16, 2)))
 
     def bsr(M, block, vdt, xdt, act=None):
@@ -290,7 +290,7 @@ def _mma_kind(ptx: str, ttir: str) -> tuple[str, bool | None, list[int]]:
         waits = sorted({int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
         shapes = ",".join(f"{s}.{d}.{a}" for s, d, a in wgmma)
         return f"wgmma {shapes}", any(waits), waits
-    mma = sorted(set(re.findall(r"mma\.sync\.aligned\.(m\d+n\d+k\d+)\.row\.col\.(\w+)\.(\w+)", ptx)))
+    mma = sorted(set(re.findall(r"mma\.sync\.aligned\.(m\d+n\d+k\d+)\.row\.col(?:\.satfinite)?\.(\w+)\.(\w+)", ptx)))
     if mma:
         return "mma.sync " + ",".join(f"{s}.{d}.{a}" for s, d, a in mma), None, []
     return ("FMA (no tensor core)" if "tt.dot" in ttir else "-"), None, []
@@ -316,7 +316,7 @@ def ctas_per_sm(arch: Arch, regs: int, warps: int, shared: int) -> int:
 def config_label(job: Job) -> str:
     c = {**job.constexprs, **job.config}
     if "BLOCK_N" in c:
-        tile = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}"
+        tile = "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in c)
     elif "BLOCK_M" in c:
         tile = f"BM={c['BLOCK_M']} blk={c.get('BN')}x{c.get('BK')}"
     else:
@@ -417,7 +417,14 @@ def compile_all(jobs: list[Job], workers: int) -> list[dict]:
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(compile_job, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
-            done(futures[future], future.result())
+            job = jobs[futures[future]]
+            try:
+                row = future.result()
+            except Exception as err:  # noqa: BLE001 - a crashed worker (e.g. ptxas killed) is a failing row
+                row = dict(kernel=job.kernel, case=job.case, bucket=job.bucket, function=job.function, config="?",
+                           default=job.default, arch=ARCHS[job.arch].label, ok=False,
+                           error=f"{type(err).__name__}: {err}")  # fmt: skip
+            done(futures[future], row)
     return rows
 
 

@@ -61,18 +61,22 @@ _cfg = tile_config
 
 # Keyed by M = output pixels. UNTUNED GUESSES: BLOCK_K = 64 channels matches most ResNet stages (C per tap of
 # 64..2048), larger K steps only pay off with many channels; the first entry is the default without autotuning.
+# 128x256 and 256x128 tiles spilled on sm_80 in the AOT check (bench/aot.py) and were dropped.
 CONFIGS: dict[str, list[triton.Config]] = {
     "m16": [_cfg(16, 64, 64, 4, 4), _cfg(16, 128, 64, 4, 4), _cfg(16, 64, 128, 4, 4)],
     "m64": [_cfg(64, 64, 64, 4, 4), _cfg(32, 128, 64, 4, 4), _cfg(64, 128, 64, 4, 4)],
     "m256": [_cfg(64, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4), _cfg(128, 128, 64, 8, 3)],
     "large": [
         _cfg(128, 128, 64, 8, 4),
-        _cfg(128, 256, 64, 8, 3),
-        _cfg(256, 128, 64, 8, 3),
         _cfg(128, 128, 128, 8, 3),
         _cfg(64, 128, 128, 4, 4),
     ],
+    # Few channels per group (the RGB stem, C = 3): every K step is a masked gather of a few channels per pixel,
+    # whose per-row addresses and masks are what fills the registers (the large configs spilled 0.2-4 KB per
+    # thread on the 7x7 stem). Small tiles, the int8 MMA's minimum K step and a short pipeline.
+    "narrow": [_cfg(64, 64, 32, 4, 2), _cfg(32, 64, 32, 4, 3)],  # 128x64x32 spilled 84 B on sm_80
 }
+NARROW_C = 32  # channels per group below which the "narrow" configs are used, whatever M
 INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
 
 
@@ -205,7 +209,7 @@ def int8_conv2d_kernel(x, w, x_scale, w_scale, bias=None, stride=1, padding=0, d
     if g["C_G"] == 0:
         return int8_conv2d_reference(x, w, x_scale, w_scale, bias, stride, padding, dilation, groups, activation,
                                      out_dtype)  # fmt: skip
-    bucket = m_bucket(M)
+    bucket = "narrow" if g["C_G"] < NARROW_C else m_bucket(M)
     configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
     launch(
         _int8_conv2d_kernel,

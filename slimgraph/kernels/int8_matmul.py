@@ -64,8 +64,7 @@ CONFIGS: dict[str, list[triton.Config]] = {
         _cfg(16, 64, 256, 4, 4),
         _cfg(16, 32, 256, 4, 5),
         _cfg(16, 64, 512, 4, 3),
-        _cfg(16, 128, 128, 4, 4),
-        _cfg(16, 128, 256, 8, 3),
+        _cfg(16, 128, 256, 8, 3),  # 16x128x128 with 4 warps spilled 8 B on sm_90a in the AOT check (K-tail case)
     ],
     "m64": [
         _cfg(64, 64, 128, 4, 4),

@@ -39,7 +39,7 @@ from ._triton_utils import (
     use_triton,
 )
 
-__all__ = ["CONFIGS", "INTERPRETER_CONFIG", "w8a16_matmul", "w8a16_matmul_reference"]
+__all__ = ["CONFIGS", "GEMV_CONFIGS", "INTERPRETER_CONFIG", "w8a16_matmul", "w8a16_matmul_reference"]
 
 OP = "w8a16_matmul"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -59,27 +59,38 @@ CONFIGS: dict[str, list[triton.Config]] = {
         _cfg(16, 128, 128, 4, 4),
         _cfg(16, 128, 256, 8, 3),
     ],
+    # 64x128x64 with 4 warps spilled on sm_80 in the AOT check (bench/aot.py): 8 warps for that tile.
     "m64": [
         _cfg(64, 64, 128, 4, 4),
         _cfg(32, 64, 128, 4, 4),
-        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 128, 64, 8, 4),
         _cfg(32, 128, 128, 4, 4),
     ],
     "m256": [
         _cfg(128, 128, 64, 8, 3),
-        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 128, 64, 8, 4),
         _cfg(128, 64, 64, 4, 4),
         _cfg(64, 256, 64, 8, 3),
     ],
-    # Compute-bound: fp16 GEMM tiles; the int8 -> fp16 conversion hides under the MMAs.
+    # Compute-bound: fp16 GEMM tiles; the int8 -> fp16 conversion hides under the MMAs. 128x256 and 256x128 spilled
+    # on sm_80 in the AOT check.
     "large": [
-        _cfg(128, 256, 64, 8, 3),
         _cfg(128, 128, 64, 8, 4),
-        _cfg(256, 128, 64, 8, 3),
+        _cfg(128, 128, 64, 8, 3),
         _cfg(128, 128, 32, 4, 4),
     ],
 }
 INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+
+
+def _gemv_cfg(bn, bk, warps, stages):
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# M = 1: no tensor-core tile (a 16-row dot would spend 15 of its 16 rows, and their x loads, on wrapped copies of the
+# one row). UNTUNED: 16-byte weight loads per thread along K, 64-wide N tiles as the split-K rule assumes.
+GEMV_CONFIGS = [_gemv_cfg(64, 256, 4, 4), _gemv_cfg(32, 512, 4, 4), _gemv_cfg(128, 128, 4, 4)]
+GEMV_INTERPRETER_CONFIG = _gemv_cfg(16, 32, 4, 1)
 _DECODE_BLOCK_N = 64  # what the split-K rule assumes of the decode configs' N tile
 MAX_SPLIT_K = 8
 
@@ -129,6 +140,41 @@ def _w8a16_kernel(
 
 
 @triton.jit
+def _w8a16_gemv_kernel(
+    x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
+    N, K,
+    stride_wn, stride_split, stride_ws,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # One row of x: each K step loads its x slice once and the [BLOCK_N, BLOCK_K] weight tile (K-contiguous rows,
+    # coalesced), converts each int8 weight once (straight to fp32) and reduces along K with fp32 FMAs.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = (offs_n % N).to(tl.int64)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + offs_k
+    w_ptrs = w_ptr + cols[:, None] * stride_wn + offs_k[None, :]
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K * SPLIT_K)):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_left = K - (k * SPLIT_K + pid_k) * BLOCK_K
+            x = tl.load(x_ptrs, mask=offs_k - pid_k * BLOCK_K < k_left, other=0.0)
+            w = tl.load(w_ptrs, mask=(offs_k - pid_k * BLOCK_K)[None, :] < k_left, other=0)
+        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+        x_ptrs += BLOCK_K * SPLIT_K
+        w_ptrs += BLOCK_K * SPLIT_K
+    y = acc * tl.load(w_scale_ptr + cols * stride_ws)
+    if HAS_BIAS:
+        y += tl.where(pid_k == 0, tl.load(bias_ptr + cols).to(tl.float32), 0.0)  # added by one split only
+    tl.store(out_ptr + pid_k.to(tl.int64) * stride_split + offs_n, y.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
 def _split_k_sum_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
@@ -165,8 +211,9 @@ def choose_split_k(M: int, N: int, K: int, device: torch.device) -> int:
 
 
 def w8a16_matmul_kernel(x, w, w_scale, bias=None, *, config=None, split_k: int | None = None):
-    """Run the Triton kernel directly (GPU, or CPU under the interpreter); ``config`` pins a tile config and
-    ``split_k`` the K split (tests, tuning). Same arguments and result as :func:`w8a16_matmul`."""
+    """Run the Triton kernel directly (GPU, or CPU under the interpreter); ``config`` pins a tile config (a GEMM
+    config, or at M = 1 a :data:`GEMV_CONFIGS` entry) and ``split_k`` the K split (tests, tuning). Same arguments
+    and result as :func:`w8a16_matmul`."""
     M, N, K = _check(x, w, w_scale, bias)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
@@ -177,25 +224,11 @@ def w8a16_matmul_kernel(x, w, w_scale, bias=None, *, config=None, split_k: int |
     if split < 1:
         raise InputError(f"{OP}: split_k must be >= 1, got {split_k}")
     x2 = x.reshape(M, K)
-    bucket = m_bucket(M)
-    configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
     target = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split)
-    launch(
-        _w8a16_kernel,
-        grid,
-        (x2, w, w_scale, bias if bias is not None else w_scale, target,
-         M, N, K,
-         x2.stride(0), w.stride(0), N, M * N, 0 if w_scale.numel() == 1 else 1),
-        configs=configs,
-        key=("N", "K", "SPLIT_K", "HAS_BIAS"),
-        bucket=tune_id(bucket, M),
-        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
-        HAS_BIAS=bias is not None,
-        SPLIT_K=split,
-        DOT_FP32=interpreter_requested() and x.dtype == torch.bfloat16,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-    )  # fmt: skip
+    if M == 1 and (config is None or "BLOCK_M" not in config.kwargs):
+        _launch_gemv(x2, w, w_scale, bias, target, split, config)
+    else:
+        _launch_gemm(x2, w, w_scale, bias, target, split, config)
     if split > 1:
         block = 1024
         sum_config = triton.Config({"BLOCK": block}, num_warps=4, num_stages=1)
@@ -209,6 +242,46 @@ def w8a16_matmul_kernel(x, w, w_scale, bias=None, *, config=None, split_k: int |
             SPLIT_K=split,
         )
     return out.reshape(*x.shape[:-1], N)
+
+
+def _launch_gemv(x2, w, w_scale, bias, target, split: int, config) -> None:
+    N, K = w.shape
+    configs = candidate_configs(GEMV_CONFIGS, interpreter_config=GEMV_INTERPRETER_CONFIG, config=config)
+    launch(
+        _w8a16_gemv_kernel,
+        lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split),
+        (x2, w, w_scale, bias if bias is not None else w_scale, target, N, K, w.stride(0), N,
+         0 if w_scale.numel() == 1 else 1),
+        configs=configs,
+        key=("N", "K", "SPLIT_K", "HAS_BIAS"),
+        bucket="gemv",
+        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+    )  # fmt: skip
+
+
+def _launch_gemm(x2, w, w_scale, bias, target, split: int, config) -> None:
+    M, K = x2.shape
+    N = w.shape[0]
+    bucket = m_bucket(M)
+    configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split)
+    launch(
+        _w8a16_kernel,
+        grid,
+        (x2, w, w_scale, bias if bias is not None else w_scale, target,
+         M, N, K,
+         x2.stride(0), w.stride(0), N, M * N, 0 if w_scale.numel() == 1 else 1),
+        configs=configs,
+        key=("N", "K", "SPLIT_K", "HAS_BIAS"),
+        bucket=tune_id(bucket, M),
+        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+        DOT_FP32=interpreter_requested() and x2.dtype == torch.bfloat16,
+        DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------- reference

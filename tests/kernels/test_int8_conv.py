@@ -112,3 +112,17 @@ GOOD = dict(x=X, w=WT, x_scale=torch.tensor([0.02]), w_scale=rand_scale(4))
 def test_bad_inputs_raise_input_error(change, message):
     with pytest.raises(InputError, match=message):
         int8_conv2d(**{**GOOD, **change})
+
+
+def test_few_channels_take_the_narrow_configs(monkeypatch):
+    # What a GPU launch would pick (recorded, not run): the stem's 3 channels -> the narrow bucket's configs.
+    from slimgraph.kernels._triton_utils import INTERPRET_ENV, recording_launches
+
+    monkeypatch.delenv(INTERPRET_ENV)
+    xs, bias = torch.tensor([0.02]), None
+    for channels, bucket in ((3, "narrow"), (64, "large")):
+        x, w = rand_int8(2, 32, 32, channels), rand_int8(16, 3, 3, channels)
+        with recording_launches() as records:
+            int8_conv2d_kernel(x, w, xs, torch.rand(16), bias, 1, 1, 1, 1, None, torch.float16)
+        assert [r.config for r in records] == CONFIGS[bucket]
+        assert all(r.constexprs["EVEN_C"] == (channels % r.config.kwargs["BLOCK_K"] == 0) for r in records)

@@ -6,9 +6,16 @@ from kernel_helpers import OUT_DTYPES, assert_close, counting, rand_int8, rand_s
 
 from slimgraph import InputError
 from slimgraph.kernels import w8a16_matmul
-from slimgraph.kernels.w8a16_matmul import CONFIGS, choose_split_k, w8a16_matmul_kernel, w8a16_matmul_reference
+from slimgraph.kernels.w8a16_matmul import (
+    CONFIGS,
+    GEMV_CONFIGS,
+    choose_split_k,
+    w8a16_matmul_kernel,
+    w8a16_matmul_reference,
+)
 
 KERNEL = "_w8a16_kernel"
+GEMV = "_w8a16_gemv_kernel"  # M = 1
 SHAPES = [(1, 17, 33), (7, 13, 64), (13, 31, 100), (31, 7, 45)]
 
 
@@ -21,7 +28,7 @@ def _inputs(M, N, K, dtype):
 @pytest.mark.parametrize("M,N,K", SHAPES)
 def test_kernel_matches_reference(M, N, K, dtype, split_k):
     x, w, s, bias = _inputs(M, N, K, dtype)
-    with counting(KERNEL, expected=1), counting("_split_k_sum_kernel", expected=int(split_k > 1)):
+    with counting(KERNEL if M > 1 else GEMV, expected=1), counting("_split_k_sum_kernel", expected=int(split_k > 1)):
         out = w8a16_matmul_kernel(x, w, s, bias, split_k=split_k)
     assert_close(out, w8a16_matmul_reference(x, w, s, bias))
 
@@ -98,3 +105,19 @@ def test_bad_inputs_raise_input_error(change, message):
         w8a16_matmul(**args)
     with pytest.raises(InputError, match=message):
         w8a16_matmul_kernel(**args)
+
+
+@pytest.mark.parametrize("dtype", OUT_DTYPES)
+def test_gemv_configs_and_splits(dtype):
+    # M = 1 reads its x row once per K step (no 16-row tile of wrapped copies); every curated GEMV config, with and
+    # without split-K, K not a multiple of the K step.
+    x, w, s, bias = _inputs(1, 37, 300, dtype)
+    expected = w8a16_matmul_reference(x, w, s, bias)
+    for config in GEMV_CONFIGS:
+        for split in (1, 2):
+            with counting(GEMV, expected=1):
+                out = w8a16_matmul_kernel(x, w, s, bias, config=config, split_k=split)
+            assert_close(out, expected, what=f"{config} split {split}")
+    x3 = torch.randn(1, 1, 300).to(dtype)  # leading dims that flatten to one row take the same path
+    with counting(GEMV, expected=1):
+        assert_close(w8a16_matmul_kernel(x3, w, s, None, split_k=1), w8a16_matmul_reference(x3, w, s))
