@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -441,8 +442,12 @@ def environment() -> dict:
     from bench.run_meta import git_state
 
     commit, dirty = git_state()
+    # Others may have uncommitted work elsewhere in the tree: what matters here is the compiled code and this script.
+    status = subprocess.run(["git", "status", "--porcelain", "--", "slimgraph/kernels", "bench/aot.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
     return dict(triton=triton.__version__, torch=torch.__version__, python=platform.python_version(), commit=commit,
-                dirty=dirty, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), host="CPU only (no GPU): ahead-of-time")
+                dirty=dirty, kernels_dirty=bool(status), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                host="CPU only (no GPU): ahead-of-time")
 
 
 def render(rows: list[dict], env: dict, command: str) -> str:
@@ -450,7 +455,8 @@ def render(rows: list[dict], env: dict, command: str) -> str:
         "# Ahead-of-time compile check (sm_90a / sm_80)",
         "",
         f"`{command}` — triton {env['triton']}, torch {env['torch']}, commit {env['commit']}"
-        + (" (+ uncommitted changes)" if env["dirty"] else "") + f", {env['date']}, {env['host']}.",
+        + (" (+ uncommitted changes to slimgraph/kernels or bench/aot.py)" if env["kernels_dirty"] else
+           " (slimgraph/kernels and bench/aot.py as committed)") + f", {env['date']}, {env['host']}.",
         "",
         "Every config is selectable (autotuning may pick it); `default` marks the bucket's first config (used with "
         "SLIMGRAPH_AUTOTUNE=0). `in flight` = a `wgmma.wait_group` with depth > 0 (MMAs overlap the next K step). "
