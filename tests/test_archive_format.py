@@ -131,3 +131,22 @@ def test_sparsity_record_is_stored_and_validated(tmp_path):
         reseal(path, lambda d, m, t, bad=bad: d["info"].update(sparsity=bad))
         with pytest.raises(ArchiveError, match=match):
             sg.load(path)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    gm = sg.capture(nn.Linear(3, 2), (torch.randn(2, 3),))
+    node = next(n for n in gm.graph.nodes if n.op == "get_attr")
+    gm.register_buffer("__evil", torch.ones(1))  # a name the loader's grammar refuses
+    node.target = "__evil"
+    with pytest.raises(ArchiveError, match="attribute '__evil'.* is not a plain identifier"):
+        sg.save(gm, tmp_path / "m.sg")
+    assert not (tmp_path / "m.sg").exists()
+
+
+def test_loading_onto_a_missing_cuda_device_is_a_clear_error(tmp_path):
+    path = sg.save(sg.capture(nn.Linear(3, 2), (torch.randn(2, 3),)), tmp_path / "m.sg")
+    if not torch.cuda.is_available():
+        with pytest.raises(ArchiveError, match="no CUDA device"):
+            sg.load(path, device="cuda")
+    else:
+        assert sg.load(path, device="cuda").weight.is_cuda

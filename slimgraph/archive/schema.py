@@ -246,8 +246,10 @@ def encode_arg(a, where: str):
         return {"$dtype": dtype_name(a)}
     if isinstance(a, torch.device):
         return {"$device": str(a)}
-    for tag, table in _ENUMS.items():
-        if isinstance(a, type(next(iter(table.values())))) and str(a).removeprefix("torch.") in table:
+    if isinstance(a, (torch.memory_format, torch.layout)):
+        is_format = isinstance(a, torch.memory_format)
+        tag, table = ("$memory_format", _MEMORY_FORMATS) if is_format else ("$layout", _LAYOUTS)
+        if str(a).removeprefix("torch.") in table:
             return {tag: str(a).removeprefix("torch.")}
     if isinstance(a, slice):
         return {"$slice": [encode_arg(a.start, where), encode_arg(a.stop, where), encode_arg(a.step, where)]}
@@ -296,9 +298,13 @@ def decode_arg(a, env: dict[str, fx.Node], where: str):
 
 def decode_device(device) -> torch.device:
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ArchiveError(f"cannot load onto device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArchiveError(f"cannot load onto device {str(device)!r}: this process has no CUDA device; load with "
+                           "device='cpu'")
+    return device
 
 
 # ------------------------------------------------------------------------------------------------ pytree specs

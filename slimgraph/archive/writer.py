@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..errors import ArchiveError
 from ..ir.info import GraphInfo, graph_info
 from .container import write_archive
-from .schema import dtype_name, encode_arg, encode_spec, encode_target
+from .schema import attribute_path, dtype_name, encode_arg, encode_spec, encode_target, identifier
 
 EXAMPLE_PREFIX = "@example/"
 GRAPH_KEY = "@graph"
@@ -28,13 +28,24 @@ def save(module: nn.Module, path: str | os.PathLike, *, compress: bool = False) 
     With ``compress=True`` every tensor is entropy coded by :mod:`slimgraph.archive.entropy` and the graph
     description is zlib-compressed; :func:`slimgraph.load` reads both kinds.
     """
-    from . import FORMAT, FORMAT_VERSION
-
     path = Path(path)
     if not isinstance(module, fx.GraphModule):
         raise ArchiveError(
             f"save() needs a module produced by slimgraph (capture/optimize/prune/quantize), got "
             f"{type(module).__name__}; run sg.optimize(model, example_inputs, pipeline='') first")
+    try:
+        tensors, metadata = _describe(module, compress)
+    except ArchiveError:
+        raise
+    except Exception as exc:  # a module state the schema did not foresee: say so instead of leaking the trace
+        raise ArchiveError(f"cannot save {type(module).__name__} to {path}: {type(exc).__name__}: {exc}") from exc
+    write_archive(path, tensors, metadata)
+    return path
+
+
+def _describe(module: fx.GraphModule, compress: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from . import FORMAT, FORMAT_VERSION
+
     tensors, attributes = _collect_tensors(module)
     info = graph_info(module)
     description = {
@@ -52,8 +63,7 @@ def save(module: nn.Module, path: str | os.PathLike, *, compress: bool = False) 
         metadata["graph_encoding"] = "zlib"
     else:
         metadata["graph"] = json.dumps(description, separators=(",", ":"))
-    write_archive(path, tensors, metadata)
-    return path
+    return tensors, metadata
 
 
 def _encode_info(info: GraphInfo) -> dict:
@@ -90,9 +100,17 @@ def _resolve(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
 
 
 def _encode_node(node: fx.Node) -> list:
-    entry = [node.name, node.op, encode_target(node), [encode_arg(a, node.name) for a in node.args]]
+    # the loader's grammar, checked here too, so that save never writes a file load would refuse
+    identifier(node.name, "node name")
+    target = encode_target(node)
+    if node.op == "placeholder":
+        identifier(target, f"node '{node.name}': input name")
+    elif node.op == "get_attr":
+        attribute_path(target, f"node '{node.name}': attribute")
+    entry = [node.name, node.op, target, [encode_arg(a, node.name) for a in node.args]]
     if node.kwargs:
-        entry.append({k: encode_arg(v, node.name) for k, v in node.kwargs.items()})
+        entry.append({identifier(k, f"node '{node.name}': keyword"): encode_arg(v, node.name)
+                      for k, v in node.kwargs.items()})
     elif not node.args:
         entry.pop()
     return entry
@@ -103,7 +121,7 @@ def _encode_io(graph: fx.Graph) -> dict:
     if info is None:
         return {"inputs": None, "output": None}
     return {
-        "inputs": {"names": list(info.orig_args),
+        "inputs": {"names": [identifier(name, "input name") for name in info.orig_args],
                    "spec": encode_spec(info.in_spec, "the model's inputs") if info.in_spec is not None else None},
         "output": encode_spec(info.out_spec, "the model's output") if info.out_spec is not None else None,
     }
