@@ -6,7 +6,8 @@ The model is captured first if it is a plain ``nn.Module``; slimgraph GraphModul
 ``torch.onnx.export(dynamo=True)`` re-traces the graph: ``linear_act``/``conv_act`` decompose into ATen ops on
 the way, and the int8 ops translate through :data:`slimgraph.quant.onnx_ops.TRANSLATIONS` into QDQ form
 (QuantizeLinear / DequantizeLinear with int8 zero points around Gemm, Conv and MatMul), the form ONNX Runtime
-and TensorRT turn back into int8 kernels. The batch dimension stays dynamic when the captured graph's is.
+and TensorRT turn back into int8 kernels. The input dims the captured graph keeps symbolic stay dynamic axes
+(named batch, sequence, height, width), and outputs are named after the model's outputs (``last_hidden_state``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import contextlib
 import io
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from .errors import InputError, SlimgraphError
 from .ir import dynamic
@@ -73,6 +76,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         program.save(str(tmp), external_data=False)
+        _readable_names(tmp, _output_names(gm, args, kwargs), _dim_names(gm, args, kwargs))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -85,6 +89,67 @@ def _dynamic_shapes(gm: fx.GraphModule, args: tuple, kwargs: dict):
     dims = graph_info(gm).dynamic_dims
     spec = dynamic.spec_for_dims(gm, args, kwargs, dims) if dims else None
     return dynamic.export_spec(spec, args, kwargs, gm)
+
+
+def _output_names(gm: fx.GraphModule, args: tuple, kwargs: dict) -> list[str] | None:
+    """The model's own output names (``last_hidden_state``, ``logits``; ``output_0``... for plain tuples)."""
+    with torch.no_grad():
+        out = gm(*args, **kwargs)
+    names = []
+    for path, leaf in pytree.tree_flatten_with_path(out)[0]:
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        name = re.sub(r"\W+", "_", pytree.keystr(path)).strip("_")
+        names.append(name if name and not name[0].isdigit() else f"output_{name or len(names)}")
+    return names if len(set(names)) == len(names) else None
+
+
+def _dim_names(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[tuple[str, int], str]:
+    """(input name, dim) -> a readable ONNX dim name for the graph's dynamic dims: batch, sequence, height, width."""
+    names = {}
+    for name, dims in graph_info(gm).dynamic_dims.items():
+        for d in dims:
+            names[(name, d)] = "batch" if d == 0 else {1: "sequence"}.get(d, f"dim{d}")
+    for name, value in zip(dynamic.leaf_names(gm, args, kwargs), pytree.tree_leaves((args, kwargs))):
+        if isinstance(value, torch.Tensor) and value.dim() == 4:
+            for d, label in ((2, "height"), (3, "width")):
+                if (name, d) in names:
+                    names[(name, d)] = label
+    return names
+
+
+def _readable_names(path: Path, outputs: list[str] | None, dims: dict[tuple[str, int], str]) -> None:
+    """Rename the exported file's outputs after the model's outputs and its symbolic dims (s0, s1...) after what
+    they are, so ONNX Runtime / TensorRT users see ``input_ids[batch, sequence] -> last_hidden_state``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    symbols = {}
+    for value in graph.input:
+        for d, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param and (value.name, d) in dims:
+                symbols.setdefault(dim.dim_param, dims[(value.name, d)])
+    taken = set(symbols.values())
+    if len(taken) < len(set(symbols)):  # two different symbols got one name (two unrelated batch dims): number them
+        seen: dict[str, int] = {}
+        for sym, name in symbols.items():
+            seen[name] = seen.get(name, 0) + 1
+            symbols[sym] = name if seen[name] == 1 else f"{name}_{seen[name]}"
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in symbols:
+                dim.dim_param = symbols[dim.dim_param]
+    if outputs is not None and len(outputs) == len(graph.output):
+        existing = {v.name for v in graph.input} | {i.name for i in graph.initializer}
+        rename = {o.name: new for o, new in zip(graph.output, outputs) if o.name not in existing}
+        if not set(rename.values()) & ({n for node in graph.node for n in node.output} - set(rename)):
+            for node in graph.node:
+                node.input[:] = [rename.get(n, n) for n in node.input]
+                node.output[:] = [rename.get(n, n) for n in node.output]
+            for value in [*graph.output, *graph.value_info]:
+                value.name = rename.get(value.name, value.name)
+    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ it had at the example shape; quantization against the pruned graph at the same s
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -23,10 +25,12 @@ from helpers import assert_close_outputs, run
 from test_prune_exact import _plant_bert, _plant_llama
 
 import slimgraph as sg
-from slimgraph.errors import CaptureError, InputError
+from slimgraph.errors import CaptureError, InputError, PassError
 from slimgraph.ir import dynamic
 from slimgraph.ir.info import graph_info
 from slimgraph.numerics import compare_outputs
+from slimgraph.passes.base import Pass, PassResult
+from slimgraph.passes.manager import PassManager
 from slimgraph.testing import make
 from slimgraph.testing.models import ResidualCNN
 
@@ -323,3 +327,31 @@ def test_default_demo_model_takes_other_lengths_after_compression():
         assert compare_outputs(_tensors(run(small, a)), _tensors(run(pruned, a))).cosine > 0.99, f"{b}x{s}"
         expected = _tensors(run(model, a))  # pruning without distillation moves the embedding, but not far
         assert compare_outputs(_tensors(run(pruned, a)), expected).cosine > 0.5, f"{b}x{s}"
+
+
+# ---------------------------------------------------------------------------------------------- pass manager
+
+
+@dataclass(frozen=True)
+class _FreezeSizes(Pass):
+    """A broken 'lossless' pass: replaces every symbolic size read from an input with its example value."""
+
+    name: ClassVar[str] = "freeze-sizes"
+
+    def run(self, gm):
+        sizes = [n for n in gm.graph.nodes if n.target is aten.sym_size.int]
+        for n in sizes:
+            n.replace_all_uses_with(int(n.meta["val"]))
+            gm.graph.erase_node(n)
+        gm.recompile()
+        return PassResult(gm, bool(sizes))
+
+
+def test_pass_manager_catches_a_pass_that_freezes_a_dynamic_dim():
+    model, (args, kwargs) = FAMILIES["bert"][0]()
+    gm = sg.capture(model, args, kwargs)
+    assert any(n.target is aten.sym_size.int for n in gm.graph.nodes)
+    with pytest.raises(PassError, match="freeze-sizes.*at other input shapes"):
+        PassManager([_FreezeSizes()], check_numerics=True).run(gm)
+    result = PassManager(["dce"], check_numerics=True).run(sg.capture(model, args, kwargs))
+    assert all(r.error_at_other_shape is None or r.error_at_other_shape.max_rel < 1e-5 for r in result.records)

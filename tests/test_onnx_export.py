@@ -204,3 +204,19 @@ def test_attention_matmuls_and_embeddings_export(tmp_path):
     summary = check_qdq(onnx_model, activations="dynamic")
     assert summary.int8_weights >= 7 + 2  # 7 linears, word + position embedding tables
     assert sum(n.op_type == "Gather" for n in onnx_model.graph.node) >= 2
+
+
+def test_sequence_axes_and_output_names(tmp_path):
+    model, args, kwargs = make("bert")
+    q = quantize(model, args, "w8a8-dynamic", example_kwargs=kwargs)
+    onnx_model = onnx.load(str(export_onnx(q, args, tmp_path / "bert.onnx", example_kwargs=kwargs)))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*onnx_model.graph.input, *onnx_model.graph.output]}
+    assert dims["input_ids"] == ["batch", "sequence"]
+    assert dims["last_hidden_state"] == ["batch", "sequence", 64] and dims["pooler_output"] == ["batch", 64]
+    for b, s in [(1, 5), (3, 24)]:
+        ids = torch.randint(0, 100, (b, s))
+        mask = torch.ones(b, s, dtype=torch.long)
+        err = compare_outputs(_ort_outputs(tmp_path / "bert.onnx", (ids,), {"attention_mask": mask}),
+                              _torch_outputs(q, (ids,), {"attention_mask": mask}))
+        assert err.cosine > 0.999, f"batch {b}, length {s}: {err}"

@@ -267,5 +267,21 @@ def time_budget(seconds: float | None):
         signal.signal(signal.SIGVTALRM, previous)
 
 
+def grown_inputs(model: nn.Module, args: tuple, kwargs: dict, dims: dict[str, tuple[int, ...]]):
+    """``(args, kwargs)`` with every dynamic dim one longer, by repeating its first slice: token ids stay in the
+    vocabulary and masks stay masks. None when no dim is dynamic."""
+    names = leaf_names(model, args, kwargs)
+    leaves, tree = pytree.tree_flatten((tuple(args), dict(kwargs)))
+    grown = False
+    for i, (name, value) in enumerate(zip(names, leaves)):
+        if isinstance(value, torch.Tensor):
+            for d in dims.get(name, ()):
+                if d < value.dim() and value.shape[d] > 0:
+                    value = torch.cat([value, value.narrow(d, 0, 1)], dim=d)
+                    grown = True
+            leaves[i] = value
+    return pytree.tree_unflatten(leaves, tree) if grown else None
+
+
 def warn(message: str) -> None:
     warnings.warn(message, DynamicShapeWarning, stacklevel=4)

@@ -19,6 +19,7 @@ from typing import Any
 import torch.fx as fx
 
 from ..errors import PassError, SlimgraphError
+from ..ir import dynamic
 from ..ir.info import graph_info
 from ..ir.propagate import refresh
 from ..ir.verify import verify
@@ -39,6 +40,9 @@ class PassRecord:
     nodes_after: int
     error_vs_previous: OutputError | None = None
     error_vs_input: OutputError | None = None
+    # the same comparison with every dynamic input dim one longer than the example's: a pass that baked an
+    # example size into the graph fails there
+    error_at_other_shape: OutputError | None = None
 
 
 @dataclass
@@ -99,6 +103,7 @@ class PassManager:
         result = PipelineResult(gm)
         args, kwargs = self._inputs(gm)
         reference = previous = run_module(gm, args, kwargs) if self.check_numerics else None
+        other, previous_other = self._other_shape(gm, args, kwargs) if self.check_numerics else (None, None)
         self._dump(gm, 0, "input")
         done: list[str] = []
         for index, p in enumerate(self.passes, start=1):
@@ -134,6 +139,15 @@ class PassManager:
                         f"lossless rewrite changed the outputs: {record.error_vs_previous} "
                         f"(tolerance {tol:g} relative)", pass_name=str(p), predecessors=tuple(done))
                 previous = current
+                if other is not None:
+                    current_other = self._run_checked(gm, *other, p, done, shape=" at other input shapes")
+                    record.error_at_other_shape = compare_outputs(current_other, previous_other)
+                    if tol is not None and record.error_at_other_shape.max_rel > tol:
+                        raise PassError(
+                            f"lossless rewrite changed the outputs at input shapes other than the example's: "
+                            f"{record.error_at_other_shape} (tolerance {tol:g} relative)", pass_name=str(p),
+                            predecessors=tuple(done))
+                    previous_other = current_other
             if out.modified:
                 graph_info(gm).applied.append(str(p))
             for note in out.notes:
@@ -152,12 +166,27 @@ class PassManager:
         return tuple(info.example_args), dict(info.example_kwargs)
 
     @staticmethod
-    def _run_checked(gm, args, kwargs, p: Pass, done: list[str]):
+    def _run_checked(gm, args, kwargs, p: Pass, done: list[str], shape: str = ""):
         try:
             return run_module(gm, args, kwargs)
         except Exception as exc:
-            raise PassError(f"the rewritten graph no longer runs: {type(exc).__name__}: {exc}",
+            raise PassError(f"the rewritten graph no longer runs{shape}: {type(exc).__name__}: {exc}",
                             pass_name=str(p), predecessors=tuple(done)) from exc
+
+    def _other_shape(self, gm: fx.GraphModule, args: tuple, kwargs: dict):
+        """Inputs with every dynamic dim one longer, and the input graph's outputs there; (None, None) when the
+        graph has no dynamic dim or does not run there itself (e.g. a length at the model's maximum)."""
+        other = dynamic.grown_inputs(gm, args, kwargs, graph_info(gm).dynamic_dims)
+        if other is None:
+            return None, None
+        try:
+            return other, run_module(gm, *other)
+        except Exception as exc:  # noqa: BLE001 - the model's own limit, not a pass's fault: say so, check less
+            note = (f"numeric checks at other input shapes skipped: the input graph does not run with its dynamic "
+                    f"dims one longer ({type(exc).__name__}: {str(exc)[:160]})")
+            log.warning(note)
+            graph_info(gm).shape_notes.append(note)
+            return None, None
 
     def _dump(self, gm: fx.GraphModule, index: int, name: str) -> None:
         if self.dump_dir is None:
