@@ -52,6 +52,16 @@ def _int8_gemm_ops() -> set:
     return {getattr(sgops, n).default for n in names if hasattr(sgops, n)}
 
 
+def _dequantized_weight(node: fx.Node) -> bool:
+    """int8 storage dequantized right before a GEMM (``_to_copy(q) * scale``, see weight_only.py)."""
+    for cast in node.users:
+        if cast.target is aten._to_copy.default:
+            for mul in cast.users:
+                if mul.target is aten.mul.Tensor and gemm_weight_consumer(mul) is not None:
+                    return True
+    return False
+
+
 def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = None) -> Coverage:
     """Count GEMM weight parameters of ``gm``: int8 ones read by slimgraph int8 ops vs float ones read by GEMMs.
 
@@ -68,7 +78,7 @@ def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = No
         if t is None or t.dim() < 2:
             continue
         if t.dtype == torch.int8:
-            if any(u.op == "call_function" and u.target in int8_ops for u in node.users):
+            if any(u.op == "call_function" and u.target in int8_ops for u in node.users) or _dequantized_weight(node):
                 seen.add(node.target)
                 cov.int8_params += t.numel()
             continue

@@ -37,6 +37,7 @@ from .report import REPORT_KEY, LayerReport, QuantReport
 from .rewrite import LayerPlan, rewrite_layers, simulate
 from .smoothquant import apply_smoothing, smoothing_factors, smoothing_groups
 from .targets import FLOAT, SCHEMES, LayerDecision, QuantTarget, decide_schemes, find_targets
+from .weight_only import STORAGE_SCHEME, store_int8
 
 _ACTIVATION_SCHEMES = ("w8a8", "w8a8-dynamic")
 _MIN_THRESHOLD = 1e-8  # an activation that is always zero still gets a positive scale
@@ -125,6 +126,9 @@ class Quantize(Pass):
             if name in reverted:
                 decision = LayerDecision(FLOAT, reverted[name])
             report.layers.append(_row(t, decision, by_name.get(name), sqnr.get(name)))
+        for weight, node_name, op in store_int8(gm, tuple(self.skip)):
+            report.layers.append(LayerReport(weight, node_name, op.split(".")[-1], STORAGE_SCHEME, True,
+                                             "int8 weights dequantized before the op: float compute"))
         # in parameters, not layers: MoE experts and GEMMs no target matched count too (issue 11)
         report.coverage = gemm_weight_coverage(gm, {r.node: r.reason for r in report.skipped if r.reason})
         notes = [f"{r.name}: float ({r.reason})" for r in report.skipped if r.reason]
