@@ -171,18 +171,18 @@ def run_minilm(args, workdir: Path) -> dict:
 
     dense_bytes = archive_bytes(dense, workdir, "minilm", False)[0]
     rows = []
-    for sparsity, bits, steps in args.minilm_configs:
+    for sparsity, bits, steps, emb_bits in args.minilm_configs:
         t0 = time.perf_counter()
         base = dense if not sparsity else sg.sparsify(dense, sparsity=sparsity, scope="local", lower="off")
         data = train_batches if steps else None
         shared = sg.share_weights(base, bits=bits, data=data, steps=steps or 1, output_loss="cosine",
-                                  lr=args.minilm_lr, temperature=1.0)
-        size = archive_bytes(shared, workdir, f"minilm-s{sparsity}-b{bits}", True)[0]
+                                  lr=args.minilm_lr, temperature=1.0, per_layer={"embedding": emb_bits})
+        size = archive_bytes(shared, workdir, f"minilm-s{sparsity}-b{bits}-e{emb_bits}-ft{steps}", True)[0]
         mean, worst = cosine(shared)
-        rows.append({"sparsity": sparsity, "bits": bits, "finetune_steps": steps, "bytes": size,
-                     "ratio": dense_bytes / size, "cosine_mean": mean, "cosine_min": worst,
+        rows.append({"sparsity": sparsity, "bits": bits, "embedding_bits": emb_bits, "finetune_steps": steps,
+                     "bytes": size, "ratio": dense_bytes / size, "cosine_mean": mean, "cosine_min": worst,
                      "seconds": time.perf_counter() - t0})
-        print(f"minilm sparsity={sparsity} bits={bits} steps={steps}: {size / 1e6:.2f} MB "
+        print(f"minilm sparsity={sparsity} bits={bits} embedding bits={emb_bits} steps={steps}: {size / 1e6:.2f} MB "
               f"({dense_bytes / size:.1f}x), cosine {mean:.4f} (min {worst:.4f})", flush=True)
     return {"model": "all-MiniLM-L6-v2", "params": sum(p.numel() for p in model.parameters()),
             "dense_bytes": dense_bytes, "heldout_sentences": int(reference.shape[0]), "rows": rows}
@@ -234,8 +234,10 @@ def markdown(meta: dict, lenets: list[dict], minilm: dict | None) -> list[str]:
         lines += ["## all-MiniLM-L6-v2 (held-out sentence embeddings vs the original model)", "",
                   f"fp32 archive: {minilm['dense_bytes'] / 1e6:.2f} MB; {minilm['heldout_sentences']} held-out "
                   "sentences.", ""]
-        lines += md_table(["sparsity", "bits", "fine-tune steps", "archive", "ratio", "cosine mean", "cosine min"],
-                          [[f"{r['sparsity']:.0%}", r["bits"], r["finetune_steps"], f"{r['bytes'] / 1e6:.2f} MB",
+        lines += md_table(["sparsity", "bits (linear)", "bits (embeddings)", "fine-tune steps", "archive", "ratio",
+                           "cosine mean", "cosine min"],
+                          [[f"{r['sparsity']:.0%}", r["bits"], r["embedding_bits"], r["finetune_steps"],
+                            f"{r['bytes'] / 1e6:.2f} MB",
                             f"{r['ratio']:.1f}x", f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}"]
                            for r in minilm["rows"]])
         ok = [r for r in minilm["rows"] if r["ratio"] >= MINILM_RATIO and r["cosine_mean"] >= MINILM_COSINE]
@@ -263,19 +265,20 @@ def plot(lenets: list[dict], minilm: dict | None, out: str, stem: str) -> str:
         ax = axes[0][-1]
         for r in minilm["rows"]:
             ax.scatter(r["bytes"] / 1e6, r["cosine_mean"])
-            ax.annotate(f"s{r['sparsity']:.0%} b{r['bits']} ft{r['finetune_steps']}", (r["bytes"] / 1e6,
-                                                                                          r["cosine_mean"]), fontsize=7)
+            label = f"s{r['sparsity']:.0%} b{r['bits']}/e{r['embedding_bits']} ft{r['finetune_steps']}"
+            ax.annotate(label, (r["bytes"] / 1e6, r["cosine_mean"]), fontsize=7)
         ax.axhline(MINILM_COSINE, ls="--", c="gray")
         ax.axvline(minilm["dense_bytes"] / MINILM_RATIO / 1e6, ls=":", c="gray")
         ax.set(title="all-MiniLM-L6-v2", xlabel="archive file (MB)", ylabel="held-out cosine to fp32")
     return save_figure(fig, out, stem)
 
 
-def _configs(text: str) -> list[tuple[float, int, int]]:
+def _configs(text: str) -> list[tuple[float, int, int, int]]:
+    """"sparsity:bits:steps[:embedding_bits]" items (embedding tables default to ``bits``)."""
     out = []
     for item in text.split(","):
-        sparsity, bits, steps = item.split(":")
-        out.append((float(sparsity), int(bits), int(steps)))
+        sparsity, bits, steps, *emb = item.split(":")
+        out.append((float(sparsity), int(bits), int(steps), int(emb[0]) if emb else int(bits)))
     return out
 
 
@@ -294,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share-steps", type=int, default=200)
     parser.add_argument("--share-lr", type=float, default=1e-3)
     parser.add_argument("--sweep-bits", default="2,3,4")
-    parser.add_argument("--minilm-configs", default="0:6:0,0:5:0,0:4:0,0:3:0,0.5:4:0",
-                        help="sparsity:bits:finetune-steps,...")
+    parser.add_argument("--minilm-configs", default="0:6:0,0:5:0,0:4:0,0:3:0,0:5:0:3,0:5:150:3",
+                        help="sparsity:bits:finetune-steps[:embedding-bits],...")
     parser.add_argument("--minilm-lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--suffix", default="", help="appended to the result file names")
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args.minilm_configs = _configs(args.minilm_configs)
     if args.quick:
         args.epochs, args.retrain_steps, args.share_steps, args.sweep_bits = 3, 20, 5, []
-        args.minilm_configs = [(0.0, 4, 0)]
+        args.minilm_configs = [(0.0, 4, 0, 4)]
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     meta = run_meta("bench.deep_compression", argv)
