@@ -39,6 +39,7 @@ from .schema import (
     int_list,
     parse_json,
     sparsity_pattern,
+    spec_children,
     tensor_key,
 )
 from .writer import EXAMPLE_PREFIX
@@ -280,11 +281,11 @@ def _set_codegen(graph: fx.Graph, inputs, output, placeholders: list[fx.Node]) -
     names = [identifier(n, "input name") for n in expect(inputs["names"], list, "input names")]
     spec = decode_spec(inputs["spec"], "input structure", warn=_warn)
     # fx pastes the keyword names of the (args, kwargs) spec into source: they must be identifiers too
-    if spec.type is not tuple or spec.num_children != 2 or spec.child(0).type is not tuple \
-            or spec.child(1).type is not dict:
+    top = spec_children(spec)
+    if spec.type is not tuple or len(top) != 2 or top[0].type is not tuple or top[1].type is not dict:
         raise ArchiveError("input structure is not (positional args, keyword args)")
-    keys = [identifier(k, "keyword input") for k in spec.child(1).context]
-    if len(set(names)) != len(names) or len(names) != spec.child(0).num_children + len(keys):
+    keys = [identifier(k, "keyword input") for k in top[1].context]
+    if len(set(names)) != len(names) or len(names) != top[0].num_children + len(keys):
         raise ArchiveError(f"input names {names} do not match the input structure")
     if spec.num_leaves != len(placeholders):
         raise ArchiveError(f"the input structure holds {spec.num_leaves} tensors, the graph {len(placeholders)} inputs")

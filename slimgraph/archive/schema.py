@@ -319,7 +319,7 @@ LEAF = "*"
 def encode_spec(spec, where: str):
     if spec.is_leaf():
         return LEAF
-    t, children = spec.type, [encode_spec(c, where) for c in spec.children()]
+    t, children = spec.type, [encode_spec(c, where) for c in spec_children(spec)]
     if t is tuple:
         return ["tuple", children]
     if t in (list, fx.immutable_collections.immutable_list):
@@ -334,6 +334,11 @@ def encode_spec(spec, where: str):
         return [_MODEL_OUTPUT, f"{t.__module__}.{t.__qualname__}", list(spec.context), children]
     raise ArchiveError(f"{where} contains a {t.__module__}.{t.__qualname__}, which archives cannot hold; "
                        "return tuples, lists, dicts, namedtuples or transformers ModelOutputs")
+
+
+def spec_children(spec) -> list:
+    # recent torch replaced the TreeSpec.children_specs attribute by children(); older releases have only the former
+    return list(spec.children()) if hasattr(spec, "children") else list(spec.children_specs)
 
 
 def decode_spec(value, where: str, *, warn):
