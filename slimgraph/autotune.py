@@ -110,10 +110,19 @@ def _layer_key(node: fx.Node, x: torch.Tensor, w: torch.Tensor, scheme: str) -> 
 _LINEARS = {torch.ops.aten.linear.default, torch.ops.slimgraph.linear_act.default}
 
 
+def _mini_name(target: str) -> str:
+    """The attribute name a weight gets in the one-layer graph: ``<owner>.weight`` keeps its owner module (the
+    quant pass names a layer, and the attributes it adds for it, after a ``.weight``'s owner), with the
+    owner's path flattened to one level; any other tensor gets one flat name."""
+    owner, _, leaf = target.rpartition(".")
+    if leaf == "weight" and owner:
+        return f"{owner.replace('.', '_')}.weight"
+    return target.replace(".", "_")
+
+
 def _one_layer_graph(gm: fx.GraphModule, node: fx.Node, x: torch.Tensor) -> fx.GraphModule:
-    """A graph holding just ``node`` (its weights shared with ``gm`` under their own names), fed by one input
-    like its own. Keeping the names keeps what the quant pass derives from them (new attributes it registers
-    next to a weight) the same as in the full graph."""
+    """A graph holding just ``node`` (its weights shared with ``gm``, not copied), fed by one input like its own."""
+    root = torch.nn.Module()
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     x_node = node.args[0]
@@ -121,12 +130,18 @@ def _one_layer_graph(gm: fx.GraphModule, node: fx.Node, x: torch.Tensor) -> fx.G
     for arg in node.all_input_nodes:
         if arg is x_node:
             continue
-        if get_attr_tensor(gm, arg) is None:
+        t = get_attr_tensor(gm, arg)
+        if t is None:
             raise ValueError(f"{node.name} reads a non-constant tensor besides its input")
-        env[arg] = graph.get_attr(arg.target)
+        name = _mini_name(str(arg.target))
+        owner_name, _, leaf = name.rpartition(".")
+        if owner_name and not hasattr(root, owner_name):
+            root.add_module(owner_name, torch.nn.Module())
+        (getattr(root, owner_name) if owner_name else root).register_buffer(leaf, t)
+        env[arg] = graph.get_attr(name)
     out = graph.node_copy(node, lambda a: env[a])
     graph.output(out)
-    mini = fx.GraphModule(gm, graph)  # copies (by reference) only the attributes the graph reads
+    mini = fx.GraphModule(root, graph)
     mini.meta[GRAPH_KEY] = GraphInfo(example_args=(x,))
     from .ir.propagate import refresh
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from slimgraph import autotune
+from slimgraph.ir.graph_utils import get_attr_tensor
 from slimgraph.quant import last_report
 from slimgraph.testing.models import make
 
@@ -18,8 +19,8 @@ def _int8_layers(gm) -> int:
 
 
 def _weight_shapes(gm) -> set:
-    return {tuple(getattr(gm, n.target).shape) for n in gm.graph.nodes if n.op == "get_attr"
-            and isinstance(getattr(gm, n.target), torch.Tensor)}
+    tensors = (get_attr_tensor(gm, n) for n in gm.graph.nodes if n.op == "get_attr")
+    return {tuple(t.shape) for t in tensors if t is not None}
 
 
 def synthetic_timer(int8_wins_for, whole_model_int8_ms=None):
