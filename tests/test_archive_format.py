@@ -150,3 +150,17 @@ def test_loading_onto_a_missing_cuda_device_is_a_clear_error(tmp_path):
             sg.load(path, device="cuda")
     else:
         assert sg.load(path, device="cuda").weight.is_cuda
+
+
+def test_dunder_aten_ops_and_their_node_names_round_trip(tmp_path):
+    """fx names an aten.__and__ node '__and___tensor': a leading double underscore is not a dunder."""
+    graph = torch.fx.Graph()
+    a, b = graph.placeholder("a"), graph.placeholder("b")
+    node = graph.call_function(torch.ops.aten.__and__.Tensor, (a, b))
+    graph.output(graph.call_function(torch.ops.aten.__or__.Tensor, (node, b)))
+    gm = torch.fx.GraphModule(nn.Module(), graph)
+    x, y = torch.randint(0, 8, (3,)), torch.randint(0, 8, (3,))
+    sg.graph_info(gm).example_args = (x, y)
+    loaded = sg.load(sg.save(gm, tmp_path / "m.sg"))
+    assert node.name.startswith("__") and node.name in {n.name for n in loaded.graph.nodes}
+    assert torch.equal(loaded(x, y), (x & y) | y)

@@ -49,10 +49,12 @@ _CHILD_RESERVED = frozenset(dir(nn.Module))
 
 
 def identifier(value, what: str) -> str:
-    """A Python identifier that is not a keyword and has no dunder form (``__x__`` reaches interpreter internals)."""
+    """A Python identifier that is not a keyword, not ``self`` and not a dunder (``__x__`` names interpreter
+    internals). A leading double underscore alone is allowed: fx names an ``aten.__and__`` node ``__and___tensor``,
+    and the generated code is a plain function, where such names are ordinary locals."""
     if not isinstance(value, str) or len(value) > MAX_NAME or not _IDENT.match(value):
         raise ArchiveError(f"{what} {_show(value)} is not a plain identifier")
-    if keyword.iskeyword(value) or value.startswith("__") or value == "self":
+    if keyword.iskeyword(value) or value.startswith("__") and value.endswith("__") or value == "self":
         raise ArchiveError(f"{what} {_show(value)} is a reserved name")
     return value
 
@@ -72,7 +74,7 @@ def attribute_path(value, what: str) -> str:
 
 
 def tensor_key(value, what: str) -> str:
-    if not isinstance(value, str) or not TENSOR_KEY.match(value) or ".." in value or "__" in value:
+    if not isinstance(value, str) or not TENSOR_KEY.match(value):
         raise ArchiveError(f"{what} {_show(value)} is not a valid tensor key")
     return value
 
