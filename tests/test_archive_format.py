@@ -164,3 +164,27 @@ def test_dunder_aten_ops_and_their_node_names_round_trip(tmp_path):
     loaded = sg.load(sg.save(gm, tmp_path / "m.sg"))
     assert node.name.startswith("__") and node.name in {n.name for n in loaded.graph.nodes}
     assert torch.equal(loaded(x, y), (x & y) | y)
+
+
+def test_failed_symbolic_propagation_falls_back_to_static_metadata_and_says_so(tmp_path, monkeypatch):
+    from torch.export import Dim
+
+    from slimgraph.archive import reader
+    from slimgraph.errors import VerificationError
+
+    gm = sg.capture(Heads().eval(), (torch.randn(3, 5, 8),), dynamic_shapes=({0: Dim.AUTO, 1: Dim.AUTO},))
+    path = sg.save(gm, tmp_path / "m.sg")
+    real = reader.refresh
+
+    def symbolic_fails(g, **kwargs):
+        vals = [n.meta["val"] for n in g.graph.nodes if n.op == "placeholder"]
+        if any(isinstance(s, torch.SymInt) for v in vals for s in v.shape):
+            raise VerificationError("guard failed")
+        return real(g, **kwargs)
+
+    monkeypatch.setattr(reader, "refresh", symbolic_fails)
+    with pytest.warns(UserWarning, match="symbolic input dims failed"):
+        loaded = sg.load(path)
+    assert "guard failed" in sg.graph_info(loaded).shape_notes[-1]
+    y = torch.randn(2, 9, 8)
+    assert_identical(loaded(y), gm(y))  # the graph itself still takes other shapes

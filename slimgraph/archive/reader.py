@@ -157,7 +157,19 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor], device: torch.
     gm.meta[GRAPH_KEY] = GraphInfo(example_args=args, example_kwargs=kwargs, source="archive",
                                    **_decode_info(description["info"], attributes))
     _seed_placeholder_values(gm, dynamic)
-    refresh(gm, only_missing=False)
+    try:
+        refresh(gm, only_missing=False)
+    except SlimgraphError as exc:
+        if not any(dynamic):
+            raise
+        # the graph itself is unchanged and still accepts every shape it did; only its shape metadata falls back
+        # to the example shapes, and the user is told
+        note = (f"archive reload: shape propagation with symbolic input dims failed ({str(exc)[:200]}); node "
+                "metadata holds the example shapes")
+        gm.meta[GRAPH_KEY].shape_notes.append(note)
+        _warn(note)
+        _seed_placeholder_values(gm, [[] for _ in dynamic])
+        refresh(gm, only_missing=False)
     return gm
 
 
