@@ -77,7 +77,7 @@ def _description(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> 
     if unknown:
         raise ArchiveError(f"unknown header entries {sorted(unknown)}")
     encoding = metadata.get("graph_encoding")
-    if encoding == "zlib":
+    if encoding == "zlib" and "graph" not in metadata:
         blob = tensors.pop(GRAPH_TENSOR, None)
         if blob is None or blob.dtype != torch.uint8 or blob.dim() != 1:
             raise ArchiveError("the compressed graph description is missing")
