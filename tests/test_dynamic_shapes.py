@@ -259,6 +259,17 @@ def test_fixed_dims_are_specialised_by_the_model():
     assert graph_info(gm).dynamic_dims == {"pixel_values": (0,)}
 
 
+def test_sizes_pinned_by_a_guard_step_down_with_a_warning():
+    """conv -> flatten -> Linear(256) traces with symbolic H, W only under the guard 16*(H//2)*(W//2) == 256:
+    those dims cannot vary freely, so capture keeps the batch only, and says why."""
+    model, args, _ = make("flatten_cnn")
+    with pytest.warns(dynamic.DynamicShapeWarning, match="only valid where"):
+        gm = sg.capture(model, args)
+    assert graph_info(gm).dynamic_dims == {"x": (0,)} and graph_info(gm).shape_policy == "batch"
+    x = torch.randn(5, *args[0].shape[1:])
+    assert_close_outputs(gm(x), model(x), rel=1e-5)
+
+
 def test_explicit_dynamic_shapes_are_honoured_and_failures_raise():
     model, (args, kwargs) = FAMILIES["bert"][0]()
     batch = torch.export.Dim("batch")
