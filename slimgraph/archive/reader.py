@@ -164,12 +164,12 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor], device: torch.
             raise
         # the graph itself is unchanged and still accepts every shape it did; only its shape metadata falls back
         # to the example shapes, and the user is told
+        _seed_placeholder_values(gm, [[] for _ in dynamic])
+        refresh(gm, only_missing=False)  # a graph that fails this too is invalid: that error propagates
         note = (f"archive reload: shape propagation with symbolic input dims failed ({str(exc)[:200]}); node "
                 "metadata holds the example shapes")
         gm.meta[GRAPH_KEY].shape_notes.append(note)
         _warn(note)
-        _seed_placeholder_values(gm, [[] for _ in dynamic])
-        refresh(gm, only_missing=False)
     return gm
 
 
