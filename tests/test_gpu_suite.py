@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.gpu_suite import BUDGET_S, STEPS, Step, check_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,7 @@ def test_bad_arguments_fail_the_check(tmp_path):
     assert check_arguments(Step("kernels", "bench.kernels", ("--quick", "--out", "{out}"), 1), tmp_path) == ""
 
 
+@pytest.mark.slow
 def test_dry_run_passes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.gpu_suite", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
