@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from bench.prune_common import load, md_table, meta_lines, run_meta, write_results
 
@@ -78,7 +79,7 @@ def _collect(proc: subprocess.Popen, pending: list[str], timeout: float, rows: d
 
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
-    done, deadline = 0, time.monotonic() + timeout + 60  # + start-up imports for the first model
+    done, deadline = 0, time.monotonic() + 2 * timeout  # + start-up imports (minutes on a loaded machine)
     while done < len(pending):
         left = deadline - time.monotonic()
         if left <= 0 or not sel.select(timeout=left):
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     parser.add_argument("--stem", default="arch-matrix")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes side by side")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of the existing result that finished (no timeout), run the others")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -153,15 +156,25 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.models.split(",") if n] or list(ARCHS)
     done: dict[str, dict] = {}
     lock = threading.Lock()
+    previous = Path(args.out) / f"{args.stem}.json"
+    if args.resume and previous.exists():  # rows keep the commit and command of the run that made them
+        old = json.loads(previous.read_text())
+        for row in old["rows"]:
+            if row["model"] in names and "timeout" not in row.get("error", ""):
+                row.setdefault("run", {"commit": old["meta"]["commit"], "command": old["meta"]["command"]})
+                done[row["model"]] = row
+        meta["resumed_rows_from"] = sorted({(r["run"]["commit"], r["run"]["command"]) for r in done.values()})
+    todo = [n for n in names if n not in done]
 
     def on_row(row: dict) -> None:  # results are rewritten after every model: a stopped run still leaves them
         with lock:
             row["verdicts"] = verdicts(row)
+            row.setdefault("run", {"commit": meta["commit"], "command": meta["command"]})
             done[row["model"]] = row
             meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, torch_threads=1)
             render(args, meta, names, done)
 
-    shares = [names[i::args.jobs] for i in range(args.jobs)]
+    shares = [todo[i::args.jobs] for i in range(args.jobs)]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda share: run_all(share, args.timeout, on_row), shares))
     files = render(args, meta, names, done)
@@ -190,7 +203,9 @@ def render(args, meta: dict, names: list[str], done: dict[str, dict]) -> list:
     md = [f"# Architecture matrix: capture, prune, w8a8-dynamic, save/load and ONNX Runtime ({status})", "",
           *meta_lines(meta),
           f"- onnx {meta['onnx']}, onnxruntime {meta['onnxruntime']}; 1 torch thread per worker, {args.jobs} "
-          f"worker subprocess(es) side by side, {args.timeout:.0f} s timeout per model", "",
+          f"worker subprocess(es) side by side, {args.timeout:.0f} s timeout per model",
+          *([f"- rows kept from earlier runs (`--resume`; each row's JSON names its commit and command): "
+             f"{meta['resumed_rows_from']}"] if meta.get("resumed_rows_from") else []), "",
           "## Done-when targets", "",
           f"- prune removes >= 25% of non-embedding parameters (and runs at both shapes): {count.get('prune_25')}/{n}"
           f" = {_pct(count.get('prune_25', 0) / max(n, 1))} (target >= 95% of models)",
