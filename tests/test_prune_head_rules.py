@@ -95,3 +95,14 @@ def test_linalg_vector_norm_per_channel_is_prunable():
     # group is pruned but marked approximate (the norm per channel itself is exact)
     group = next(g for g in sg.prune_report(pruned).groups if g.name == "conv")
     assert group.status == "pruned" and group.approximate
+
+
+def test_round_to_never_rounds_a_head_group_back_to_all_heads():
+    from slimgraph.testing.archs import make_arch
+
+    model, args, kwargs = make_arch("mpnet")  # its first head source is the per-head relative position bias
+    pruned = sg.prune(model, args, ratio=0.5, round_to=8, example_kwargs=kwargs)
+    heads = [g for g in sg.prune_report(pruned).groups if g.kind == "heads"]
+    assert heads and all(g.status == "pruned" and (g.units_before, g.units_after) == (4, 2) for g in heads)
+    q = pruned.get_submodule("encoder.layer.0.attention.attn.q").weight
+    assert q.shape[0] == 32  # 2 heads of 16: a multiple of 8 anyway

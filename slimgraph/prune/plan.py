@@ -6,9 +6,9 @@ the lowest ``ratio`` of them overall, but keeps at least ``floor`` of every grou
 overrides (``ratios={"heads": 0.25, "*.intermediate.dense": 0.5}``) match a group's kind ("heads" or
 "channels") or any of its source modules, and take those groups out of the global ranking.
 
-The kept width is rounded *up* so the leading layer's channel count is a multiple of ``round_to`` (GPU
-tiles like multiples of 8); ``round_to=1`` removes exactly ``floor(ratio * units)``. A group always keeps
-at least one unit.
+The kept width of a channel group is rounded *up* so the leading layer's channel count is a multiple of
+``round_to`` (GPU tiles like multiples of 8); head groups are not rounded (a head keeps its whole head size);
+``round_to=1`` removes exactly ``floor(ratio * units)``. A group always keeps at least one unit.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ def group_ratio(a: Analysis, group: Group, ratio: float, ratios: dict[str, float
     return ratio, False
 
 
+def _rounding(group: Group, round_to: int) -> int:
+    """Heads are removed whole: the kept width is always a multiple of the head size, which is what tiles see.
+    Rounding the head *count* instead (the unit width can be 1 when the group's first source is a per-head
+    table, e.g. a relative position bias) would round a 4-head group back to all 4 heads."""
+    return 1 if group.kind == "heads" else round_to
+
+
 def _keep_count(n: int, ratio: float, width: int, round_to: int) -> int:
     keep = n - math.floor(ratio * n + 1e-9)
     keep = max(1, keep)
@@ -69,7 +76,7 @@ def plan_removals(
             global_pool.append(g)
             continue
         order = sorted(g.units, key=lambda u: (scores[u], u))
-        keep_n = _keep_count(len(order), r, g.unit_width, round_to)
+        keep_n = _keep_count(len(order), r, g.unit_width, _rounding(g, round_to))
         remove = order[: len(order) - keep_n]
         plans.append(GroupPlan(g, r, remove, sorted(order[len(order) - keep_n:]), scores))
     if global_pool:
@@ -102,7 +109,7 @@ def _global(groups: list[Group], scores: dict[int, float], ratio: float, round_t
         order = sorted(g.units, key=lambda u: (scores[u], u))
         picked = [u for u in order if u in chosen]
         keep_n = len(g.units) - len(picked)
-        keep_n = _keep_count(len(g.units), 1 - keep_n / len(g.units), g.unit_width, round_to)
+        keep_n = _keep_count(len(g.units), 1 - keep_n / len(g.units), g.unit_width, _rounding(g, round_to))
         remove = order[: len(g.units) - keep_n]
         plans.append(GroupPlan(g, len(remove) / len(g.units), remove, sorted(order[len(remove):]), scores))
     return plans

@@ -170,10 +170,14 @@ def _repeat(a: Analysis, node: fx.Node):
     lab = a.lab(node.args[0])
     if lab is None:
         return None
-    reps = [int(r) for r in node.args[1]]
+    reps = list(node.args[1])
     pad = len(reps) - lab.ndim
     arr = lab.array.reshape((1,) * pad + lab.array.shape)
     tracked = (False,) * pad + tuple(lab.tracked)
+    if any(t and not isinstance(r, int) for t, r in zip(tracked, reps)):
+        a.block(lab, _reason(node, "repeats a labelled dim a symbolic number of times"))
+        return None
+    reps = [r if t else 1 for t, r in zip(tracked, reps)]  # symbolic reps only along unlabelled dims
     return Labels(np.tile(arr, [r if tracked[d] else 1 for d, r in enumerate(reps)]), tracked)
 
 
