@@ -19,9 +19,29 @@ def test_roundtrip_reproduces_outputs_exactly(name, tmp_path):
     assert type(run(loaded, args, kwargs)) is type(run(opt, args, kwargs))  # output structure kept
     assert_identical(run(loaded, args, kwargs), run(opt, args, kwargs))
     assert sg.graph_info(loaded).applied == sg.graph_info(opt).applied
+    assert sg.graph_info(loaded).dynamic_dims == sg.graph_info(opt).dynamic_dims
+    # other sizes in the dims capture left symbolic: the archive accepts exactly what the saved module accepts
+    other_args, other_kwargs = _resized(opt, args, kwargs)
+    assert_identical(run(loaded, other_args, other_kwargs), run(opt, other_args, other_kwargs))
     # the reloaded graph is a full IR citizen: passes run on it again
     again = sg.PassManager("fold-bn,fuse", check_numerics=True).run(loaded).gm
     assert_identical(run(again, args, kwargs), run(opt, args, kwargs))
+
+
+def _resized(gm, args, kwargs):
+    """The example inputs grown by one in every dim capture recorded as dynamic (values drawn alike)."""
+    import torch.utils._pytree as pytree
+
+    flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+    names = gm.graph._codegen.pytree_info.orig_args
+    dynamic = sg.graph_info(gm).dynamic_dims
+    assert dynamic, "the test needs a dynamic dim"
+    grown = []
+    for t, name in zip(flat, names):
+        shape = [size + (d in dynamic.get(name, ())) for d, size in enumerate(t.shape)]
+        grown.append(torch.randn(shape, dtype=t.dtype) if t.is_floating_point()
+                     else torch.randint(0, int(t.max()) + 1, shape, dtype=t.dtype))
+    return pytree.tree_unflatten(grown, spec)
 
 
 def test_file_holds_no_pickle_and_is_plain_safetensors(tmp_path):

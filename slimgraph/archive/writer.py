@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from ..errors import ArchiveError
 from ..ir.info import GraphInfo, graph_info
@@ -154,7 +155,8 @@ def _dynamic_dims(gm: fx.GraphModule) -> dict[int, list[int]]:
     for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
         val = node.meta.get("val")
         if isinstance(val, torch.Tensor):
-            dims = [d for d, s in enumerate(val.shape) if not isinstance(s, int)]
+            # a SymInt the shape environment has pinned to a number (e.g. by a matmul) is static
+            dims = [d for d, s in enumerate(val.shape) if not is_concrete_int(s)]
             if dims:
                 out[i] = dims
     return out
