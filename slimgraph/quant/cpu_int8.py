@@ -100,18 +100,23 @@ def cache_info() -> dict:
     return {**_stats, "weights": len(_packed)}
 
 
+def _version(w: torch.Tensor) -> int:
+    # Inference tensors have no version counter; they cannot be changed in place outside inference mode either.
+    return -1 if w.is_inference() else w._version
+
+
 def _prepacked(w: torch.Tensor, key: tuple, pack) -> tuple[torch.Tensor, torch.Tensor]:
     per_weight = _packed.get(w)
     if per_weight is None:
         per_weight = _packed[w] = {}
     entry = per_weight.get(key)
-    if entry is not None and entry[0] == w._version:
+    if entry is not None and entry[0] == _version(w):
         _stats["hits"] += 1
         return entry[1], entry[2]
     with torch.no_grad():
         packed = pack()
     zero_points = torch.zeros(w.shape[0], dtype=torch.int64)
-    per_weight[key] = (w._version, packed, zero_points)
+    per_weight[key] = (_version(w), packed, zero_points)
     _stats["packs"] += 1
     return packed, zero_points
 

@@ -140,6 +140,15 @@ def test_weights_are_packed_once_and_repacked_after_an_in_place_change(reference
     assert cpu_int8.cache_info()["weights"] == 0  # the cache does not keep dead weights alive
 
 
+def test_weights_made_in_inference_mode(reference):
+    with torch.inference_mode():
+        q, s = _static_input((3, 16))
+        wq, ws = quantize_weight(torch.randn(8, 16))
+        op = lambda: sg.qlinear_static(q, s, wq, ws, None, "relu", None, torch.float32)  # noqa: E731
+        _close(op(), reference(op))
+        _close(op(), reference(op))  # second call: from the cache
+
+
 def test_conv_geometries_are_packed_separately():
     cpu_int8.clear_cache()
     q, s = _static_input((1, 4, 8, 8))
