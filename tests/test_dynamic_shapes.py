@@ -259,6 +259,14 @@ def test_fixed_dims_are_specialised_by_the_model():
     assert graph_info(gm).dynamic_dims == {"pixel_values": (0,)}
 
 
+def test_guard_classification():
+    size = "L['x'].size()[{}]"
+    benign = [f"{size.format(1)} == 3", f"{size.format(0)} == L['y'].size()[0]", f"{size.format(2)} <= 64",
+              f"(({size.format(0)}*{size.format(1)}) % L['y'].size()[0]) == 0", f"({size.format(2)} // 4) != 1"]
+    pinned = [f"(({size.format(2)} // 4)*({size.format(3)} // 4)) == 16", f"16*{size.format(2)} == 256"]
+    assert dynamic.restrictive_guards(benign + pinned) == pinned
+
+
 def test_sizes_pinned_by_a_guard_step_down_with_a_warning():
     """conv -> flatten -> Linear(256) traces with symbolic H, W only under the guard 16*(H//2)*(W//2) == 256:
     those dims cannot vary freely, so capture keeps the batch only, and says why."""
