@@ -82,3 +82,37 @@ def test_failing_producer_or_shape_rule_never_raises(monkeypatch, rule_target):
     pruned = sg.prune(model, (x,), ratio=0.5, round_to=1)
     torch.testing.assert_close(pruned(x), model(x))
     assert any("new pattern" in n for n in sg.prune_report(pruned).notes)
+
+
+class EmptyPassThrough(nn.Module):
+    """Phi-3's rotary split when the whole head rotates: the pass-through slice is empty, then concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.up(x)).view(x.shape[0], 4, 4)
+        rot, keep = h[..., :4], h[..., 4:]  # keep: [B, 4, 0]
+        return self.down(torch.cat([rot * 2, keep], dim=-1).flatten(1))
+
+
+def test_empty_cat_operand_is_dropped_and_heads_prune():
+    torch.manual_seed(0)
+    model = EmptyPassThrough().eval()
+    x = torch.randn(3, 8)
+    gm = sg.capture(model, (x,))
+    assert aten.cat.default not in [n.target for n in gm.graph.nodes]
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    pruned = sg.prune(model, (x,), ratio=0.5, round_to=1)
+    assert pruned.up.weight.shape[0] < 16
+    assert pruned(torch.randn(5, 8)).shape == (5, 4)
+
+
+@pytest.mark.slow
+def test_phi3_prunes_with_an_empty_rotary_pass_through():
+    from slimgraph.testing.archs import make_arch
+
+    model, args, kwargs = make_arch("phi3")
+    pruned = sg.prune(model, args, ratio=0.5, example_kwargs=kwargs)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())

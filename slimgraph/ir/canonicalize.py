@@ -100,6 +100,8 @@ def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
             stats["asserts_removed"] += 1
         elif node.target in _CONST_RHS_GEMMS and _gemm_to_linear(gm, node, readers):
             stats["gemm_to_linear"] += 1
+        elif node.target is aten.cat.default and _drop_empty_cat_operands(gm, node):
+            stats["empty_cat_operands"] = stats.get("empty_cat_operands", 0) + 1
         elif node.target in _STRING_PADDING_CONVS and _explicit_padding(gm, node):
             stats["conv_padding_explicit"] = stats.get("conv_padding_explicit", 0) + 1
         elif node.target in _EVAL_IDENTITY and _dropout_is_eval(node):
@@ -183,6 +185,34 @@ def _gemm_to_linear(gm: fx.GraphModule, node: fx.Node, readers: dict[str, int]) 
     linear.meta.update(node.meta)
     node.replace_all_uses_with(linear)
     gm.graph.erase_node(node)
+    return True
+
+
+def _drop_empty_cat_operands(gm: fx.GraphModule, node: fx.Node) -> bool:
+    # cat([a, e], d) with e empty along d (Phi-3's rotary pass-through when the whole head rotates)  =>  a
+    # An empty operand adds nothing, but its shape is frozen at capture: after head pruning it no longer matches.
+    tensors, rest = node.args[0], node.args[1:]
+    out = node.meta.get("val")
+    if not isinstance(out, torch.Tensor) or len(tensors) < 2:
+        return False
+    dim = (rest[0] if rest else node.kwargs.get("dim", 0)) % max(out.dim(), 1)
+
+    def empty(t) -> bool:
+        val = t.meta.get("val") if isinstance(t, fx.Node) else None
+        if not isinstance(val, torch.Tensor):
+            return False
+        if val.dim() == 1 and val.shape[0] == 0 and out.dim() != 1:
+            return True  # legacy empty operand, skipped by torch.cat
+        return val.dim() == out.dim() and isinstance(val.shape[dim], int) and val.shape[dim] == 0
+
+    kept = [t for t in tensors if not empty(t)]
+    if len(kept) == len(tensors) or not kept:
+        return False
+    if len(kept) == 1 and kept[0].meta.get("val") is not None and kept[0].meta["val"].dtype == out.dtype:
+        node.replace_all_uses_with(kept[0])
+        gm.graph.erase_node(node)
+    else:
+        node.args = (kept, *rest)
     return True
 
 
