@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes side by side")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of the existing result that finished (no timeout), run the others")
+    parser.add_argument("--rerun", default="", help="with --resume: models to run again even if they finished")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and previous.exists():  # rows keep the commit and command of the run that made them
         old = json.loads(previous.read_text())
         for row in old["rows"]:
-            if row["model"] in names and "timeout" not in row.get("error", ""):
+            if row["model"] in names and "timeout" not in row.get("error", "") and \
+                    row["model"] not in args.rerun.split(","):
                 row.setdefault("run", {"commit": old["meta"]["commit"], "command": old["meta"]["command"]})
                 done[row["model"]] = row
         meta["resumed_rows_from"] = sorted({(r["run"]["commit"], r["run"]["command"]) for r in done.values()})
