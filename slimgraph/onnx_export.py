@@ -54,7 +54,10 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
         gm = capture(model, args, kwargs)
     else:
         raise InputError(f"export_onnx() needs an nn.Module, got {type(model).__name__}")
+    from .ops.sparse_linear import register_onnx_translation
     from .quant.onnx_ops import TRANSLATIONS  # onnxscript is only needed here
+
+    register_onnx_translation()  # a lowered sparse graph may come from an archive loaded in this process
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
