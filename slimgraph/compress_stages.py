@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch.fx as fx
 
+from .errors import ArchiveError
+
 
 def sparse_stage(result, graph: fx.GraphModule, args: tuple, kwargs: dict, calib, evaluator, stage_fn
                  ) -> fx.GraphModule:
@@ -65,7 +67,11 @@ def disk_sizes(result) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for i, stage in enumerate(result.stages):
             graph = stage.module if isinstance(stage.module, fx.GraphModule) and i else result.original
-            path = Path(save(graph, folder / f"{stage.name}.slimgraph"))
+            try:
+                path = Path(save(graph, folder / f"{stage.name}.slimgraph"))
+            except ArchiveError as exc:  # reported; the stage's other figures stand
+                result.fallbacks.append(f"the {stage.name} stage could not be saved, no bytes-on-disk figure: {exc}")
+                continue
             stage.disk_bytes = path.stat().st_size
             if result.out_dir is not None:
                 result.files[f"stage {stage.name}"] = str(path)

@@ -307,3 +307,18 @@ def test_int8_that_does_not_pay_off_is_a_reported_fallback(monkeypatch):
     assert result.stage("quantized").note.startswith("float")
     forced = compress(Net(), data=_batches(8), keep_profitable=False, **FAST)  # int8 everywhere, as asked
     assert "layers int8" in forced.stage("quantized").note and not any("not faster" in f for f in forced.fallbacks)
+
+
+def test_an_archive_that_cannot_be_written_is_a_reported_fallback_and_the_report_still_appears(tmp_path, monkeypatch):
+    import sys
+
+    from slimgraph.errors import ArchiveError
+
+    def refuse(*args, **kwargs):
+        raise ArchiveError("applied pass must be a string of at most 256 characters")
+
+    monkeypatch.setattr(sys.modules["slimgraph.serialize"], "save", refuse)
+    result = compress(Net(), data=_batches(8), quant=None, out=tmp_path, **FAST)
+    assert result.checks["reload_exact"] is False and "model" not in result.files
+    assert any("could not be saved" in f for f in result.fallbacks)
+    assert "could not be saved" in (tmp_path / "report.md").read_text()
