@@ -188,3 +188,20 @@ def test_failed_symbolic_propagation_falls_back_to_static_metadata_and_says_so(t
     assert "guard failed" in sg.graph_info(loaded).shape_notes[-1]
     y = torch.randn(2, 9, 8)
     assert_identical(loaded(y), gm(y))  # the graph itself still takes other shapes
+
+
+def test_a_quant_pass_with_long_per_layer_options_round_trips(tmp_path):
+    # keep-if-faster names every layer it leaves in float: the applied-pass record outgrows a name's bound
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, 8) for _ in range(24)]
+    model = torch.nn.Sequential(*layers).eval()
+    x = torch.randn(2, 8)
+    names = {f"{i}.very_long_layer_name_for_this_test_{i}": "float" for i in range(24)}
+    per_layer = {**names, "0": "float", "1": "float"}
+    q = sg.quantize(model, (x,), scheme="w8a8-dynamic", per_layer=per_layer)
+    applied = sg.graph_info(q).applied
+    assert max(len(a) for a in applied) > 256
+    sg.save(q, tmp_path / "q.sg")
+    loaded = sg.load(tmp_path / "q.sg")
+    assert sg.graph_info(loaded).applied == applied
+    assert torch.equal(loaded(x), q(x))

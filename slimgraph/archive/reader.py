@@ -27,6 +27,7 @@ from .schema import (
     MAX_EXAMPLE_NUMEL,
     MAX_HEADER_BYTES,
     MAX_NAME,
+    MAX_PASS_SPEC,
     attribute_path,
     bounded_str,
     decode_arg,
@@ -187,7 +188,7 @@ def _decode_info(info, attributes: set[str]) -> dict:
         raise ArchiveError(f"shape_policy {str(policy)[:40]!r} is not one of {sorted(_SHAPE_POLICIES)}")
     return {
         "dynamic_batch": expect(info["dynamic_batch"], bool, "dynamic_batch"),
-        "applied": [bounded_str(a, "applied pass", MAX_NAME) for a in expect(info["applied"], list, "applied")],
+        "applied": [bounded_str(a, "applied pass", MAX_PASS_SPEC) for a in expect(info["applied"], list, "applied")],
         "sparsity": sparsity,
         "shape_policy": policy,
         "shape_notes": [bounded_str(n, "shape note") for n in expect(info["shape_notes"], list, "shape notes")],

@@ -32,6 +32,7 @@ MAX_NDIM = 32
 MAX_DIM = 2**40
 MAX_NAME = 256
 MAX_STRING = 4096
+MAX_PASS_SPEC = 2**20  # an applied pass with per-layer options names every layer of a big model
 MAX_ENTRIES = 2**20  # nodes, attributes, tensors
 MAX_EXAMPLE_NUMEL = 2**40  # examples stored as specs are broadcast zeros: no memory, only a sane bound
 DECODED_BYTES_PER_FILE_BYTE = 1024  # entropy-coded tensors may expand at most this much ...
