@@ -18,7 +18,19 @@ from slimgraph.testing.archs import ARCHS
 DEFAULT = ("llama", "transformer_encoder", "depthwise_separable")
 
 # model -> the done-when check it misses today, and why (from bench/results/arch-matrix.md)
-KNOWN_GAPS: dict[str, str] = {}
+KNOWN_GAPS: dict[str, str] = {
+    "bloom": "save/load: reloading the archive fails shape propagation of baddbmm with symbolic sizes",
+    "mixtral": "experts run through transformers.grouped_mm_fallback: not pruned, the archive cannot store the op and "
+               "ONNX has no translation for it (expert weights are int8 via w8-storage)",
+    "qwen2_moe": "as mixtral (transformers.grouped_mm_fallback experts)",
+    "t5": "ONNX: torch.onnx fails to decompose the quantized graph",
+    "whisper": "the captured graph does not run at batch + 1 (capture fixes a batch-dependent shape)",
+    "segformer": "prune: shape propagation fails at upsample_bilinear2d after the rewrite; archive rebuild fails",
+    "clip": "ONNX: the exported batch dimension is static",
+    "lstm": "no pruning rule for aten.lstm (hidden units not pruned); the archive rebuild fails (fake mode)",
+    "gru": "no pruning rule for aten.gru (hidden units not pruned)",
+    "deberta_v2": "prune removes < 25%: no pruning rule for aten.gather (relative-position c2p/p2c attention)",
+}
 
 
 def _check(row: dict) -> None:
