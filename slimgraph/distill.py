@@ -48,6 +48,7 @@ import torch.utils._pytree as pytree
 
 from .errors import InputError
 from .ir.info import GRAPH_KEY, graph_info
+from .progress import progress
 
 OUTPUT_LOSSES = ("kl", "mse", "cosine")
 log = logging.getLogger("slimgraph")
@@ -381,8 +382,4 @@ def _outputs(result, runner) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="distill", unit="step", leave=False, disable=None)  # None: off when not a TTY
+    return progress(total, "distill", "step", enabled=enabled)
