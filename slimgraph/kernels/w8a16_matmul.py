@@ -55,7 +55,9 @@ CONFIGS: dict[str, list[triton.Config]] = {
     "m16": [
         _cfg(16, 64, 256, 4, 4),
         _cfg(16, 32, 256, 4, 5),
-        _cfg(16, 64, 128, 4, 5),
+        # ptxas capped this one at 80 registers and spilled 12 B on sm_90a (fp16 x, packed int8 -> fp16 conversion);
+        # a 128-register ceiling lets it take 97, spill-free (bench/aot.py).
+        triton.Config(_cfg(16, 64, 128, 4, 5).kwargs, num_warps=4, num_stages=5, maxnreg=128),
         _cfg(16, 128, 128, 4, 4),
         _cfg(16, 128, 256, 8, 3),
     ],
@@ -96,6 +98,27 @@ MAX_SPLIT_K = 8
 
 
 @triton.jit
+def _dequant_int8(w, DTYPE: tl.constexpr):
+    """int8 tile -> ``DTYPE``, exact for every int8, without an int -> float ``cvt`` per element for fp16 / fp32.
+
+    Magic-number trick: with the sign bit flipped the byte is ``v + 128`` in [0, 255]; in the low mantissa bits of
+    fp16 1024.0 (0x6400: spacing 1 on [1024, 2048)) it reads as ``1024 + v + 128``, and subtracting 1152 leaves
+    ``v`` exactly. Flipping bit 7 and setting 0x6400 is one xor with 0x6480 on the zero-extended byte: on sm_90a a
+    pair of weights costs a ``xor.b32`` and an ``add.f16x2`` (bytes unpacked by ``prmt``) instead of a
+    ``cvt.rn.f16.s16`` each plus sign-extension cvts (sm_80: 16-bit xors, still no int -> float cvt). fp32 does
+    the same on 2**23 (0x4B000000). bf16 keeps Triton's own conversion: its 7 mantissa bits cannot hold the byte,
+    and on sm_90 Triton already lowers int8 -> bf16 to packed ``prmt`` / ``and`` / ``sub.bf16x2`` (the
+    interpreter cannot run that cast: there the bf16 GEMM takes the fp32 form, DOT_FP32).
+    """
+    if DTYPE == tl.float16:
+        return (w.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+    elif DTYPE == tl.float32:
+        return (w.to(tl.uint8, bitcast=True).to(tl.uint32) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    else:
+        return w.to(DTYPE)
+
+
+@triton.jit
 def _w8a16_kernel(
     x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
     M, N, K,
@@ -125,9 +148,9 @@ def _w8a16_kernel(
             x = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
         if DOT_FP32:  # the interpreter cannot multiply bf16 tiles; same products, fp32 sums
-            acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(x.to(tl.float32), _dequant_int8(w, tl.float32), acc, input_precision=DOT_PRECISION)
         else:
-            acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(x, _dequant_int8(w, x.dtype), acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K * SPLIT_K
         w_ptrs += BLOCK_K * SPLIT_K
 
@@ -148,7 +171,7 @@ def _w8a16_gemv_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # One row of x: each K step loads its x slice once and the [BLOCK_N, BLOCK_K] weight tile (K-contiguous rows,
-    # coalesced), converts each int8 weight once (straight to fp32) and reduces along K with fp32 FMAs.
+    # coalesced), converts each int8 weight once (straight to fp32, _dequant_int8) and reduces along K with fp32 FMAs.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -165,7 +188,7 @@ def _w8a16_gemv_kernel(
             k_left = K - (k * SPLIT_K + pid_k) * BLOCK_K
             x = tl.load(x_ptrs, mask=offs_k - pid_k * BLOCK_K < k_left, other=0.0)
             w = tl.load(w_ptrs, mask=(offs_k - pid_k * BLOCK_K)[None, :] < k_left, other=0)
-        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+        acc += tl.sum(_dequant_int8(w, tl.float32) * x.to(tl.float32)[None, :], axis=1)
         x_ptrs += BLOCK_K * SPLIT_K
         w_ptrs += BLOCK_K * SPLIT_K
     y = acc * tl.load(w_scale_ptr + cols * stride_ws)

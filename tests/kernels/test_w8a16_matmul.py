@@ -2,13 +2,17 @@
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from kernel_helpers import OUT_DTYPES, assert_close, counting, rand_int8, rand_scale, rel_error
 
 from slimgraph import InputError
 from slimgraph.kernels import w8a16_matmul
+from slimgraph.kernels._triton_utils import launch
 from slimgraph.kernels.w8a16_matmul import (
     CONFIGS,
     GEMV_CONFIGS,
+    _dequant_int8,
     choose_split_k,
     w8a16_matmul_kernel,
     w8a16_matmul_reference,
@@ -121,3 +125,22 @@ def test_gemv_configs_and_splits(dtype):
     x3 = torch.randn(1, 1, 300).to(dtype)  # leading dims that flatten to one row take the same path
     with counting(GEMV, expected=1):
         assert_close(w8a16_matmul_kernel(x3, w, s, None, split_k=1), w8a16_matmul_reference(x3, w, s))
+
+
+@triton.jit
+def _dequant_all_kernel(w_ptr, out_ptr, DTYPE: tl.constexpr):
+    offs = tl.arange(0, 256)
+    tl.store(out_ptr + offs, _dequant_int8(tl.load(w_ptr + offs), DTYPE))
+
+
+@pytest.mark.parametrize("dtype,tl_dtype", [(torch.float16, tl.float16), (torch.float32, tl.float32)])
+def test_dequant_is_bit_exact_for_every_int8(dtype, tl_dtype):
+    # The magic-number conversion (fp16: 0x6400 | (v ^ 0x80) - 1152; fp32: 2**23) against torch's int -> float cast,
+    # bit for bit (+0.0 for 0, never -0.0), for all 256 values. bf16 keeps Triton's own cast, which the interpreter
+    # cannot run (it stores the integers' bits): under the interpreter the bf16 GEMM takes the fp32 form (DOT_FP32).
+    w = torch.arange(-128, 128, dtype=torch.int32).to(torch.int8)
+    out = torch.empty(256, dtype=dtype)
+    one = triton.Config({}, num_warps=1, num_stages=1)
+    launch(_dequant_all_kernel, lambda meta: (1,), (w, out), configs=[one], key=(), bucket="test", DTYPE=tl_dtype)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(out.view(bits), w.to(dtype).view(bits))
