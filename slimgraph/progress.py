@@ -20,14 +20,20 @@ class LineProgress:
         self.step = max(1, int(self.total * every))
         self.done = 0
         self.start = time.perf_counter()
+        self.postfix = ""
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **values) -> None:
+        values = {**(ordered_dict or {}), **values}
+        self.postfix = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
     def update(self, n: int = 1) -> None:
         before, self.done = self.done, self.done + n
         if self.total and (self.done // self.step > before // self.step or self.done == self.total):
             elapsed = time.perf_counter() - self.start
             left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            print(f"{self.desc}: {self.done}/{self.total} {_plural(self.unit)} ({100 * self.done / self.total:.0f}%), "
-                  f"{_duration(elapsed)} elapsed, about {_duration(left)} left", file=self.stream, flush=True)
+            line = (f"{self.desc}: {self.done}/{self.total} {_plural(self.unit)} "
+                    f"({100 * self.done / self.total:.0f}%), {_duration(elapsed)} elapsed, about {_duration(left)} left")
+            print(f"{line}, {self.postfix}" if self.postfix else line, file=self.stream, flush=True)
 
     def close(self) -> None:
         pass

@@ -20,6 +20,7 @@ import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 
+from .. import defaults
 from ..errors import InputError, PassError
 from ..ir.info import graph_info
 from ..ir.propagate import refresh
@@ -96,14 +97,14 @@ class Prune(Pass):
     name: ClassVar[str] = "prune"
     summary: ClassVar[str] = "structured pruning of channels, neurons and attention heads (lossy)"
     tolerance: ClassVar[float | None] = None
-    ratio: float = 0.5
-    importance: str = "l2"
-    scope: str = "local"
-    round_to: int = 8
+    ratio: float = defaults.PRUNE_RATIO
+    importance: str = defaults.PRUNE_IMPORTANCE_WITHOUT_DATA  # a pipeline string carries no data: magnitude
+    scope: str = defaults.PRUNE_SCOPE
+    round_to: int = defaults.PRUNE_ROUND_TO
     ignore: tuple[str, ...] = ()
     ratios: dict[str, float] | None = None
-    floor: float = 0.1  # global scope: every group keeps at least this fraction of its units
-    seed: int = 0
+    floor: float = defaults.PRUNE_FLOOR  # global scope: every group keeps at least this fraction of its units
+    seed: int = defaults.SEED
     reconstruct: bool = False  # refit the linear layers that lose input columns, by least squares on calib
     calib: Any = field(default=None, repr=False, compare=False)  # batches for act/taylor importance, reconstruct
     loss_fn: Callable | None = field(default=None, repr=False, compare=False)
@@ -298,26 +299,27 @@ def _group_reports(a: Analysis, plans: list[GroupPlan], ignored: set[int]) -> li
 def prune(
     model: nn.Module,
     example_inputs,
-    ratio: float = 0.5,
-    importance: str = "l2",
-    scope: str = "local",
-    round_to: int = 8,
+    ratio: float = defaults.PRUNE_RATIO,
+    importance: str = defaults.PRUNE_IMPORTANCE,
+    scope: str = defaults.PRUNE_SCOPE,
+    round_to: int = defaults.PRUNE_ROUND_TO,
     ignore: Iterable[str | nn.Module] = (),
     calib: Iterable[tuple] | None = None,
     *,
     example_kwargs: dict | None = None,
     ratios: dict[str, float] | None = None,
-    floor: float = 0.1,
-    seed: int = 0,
+    floor: float = defaults.PRUNE_FLOOR,
+    seed: int = defaults.SEED,
     loss_fn: Callable | None = None,
-    reconstruct: bool = False,
+    reconstruct: bool | str = defaults.PRUNE_RECONSTRUCT,
     check: bool = True,
 ) -> fx.GraphModule:
     """Structured pruning; returns a new, physically smaller module (the caller's model is untouched).
 
     Args:
         ratio: fraction of units (channels, FFN neurons, attention heads) removed from each prunable group.
-        importance: "l1" | "l2" | "act" (activation-aware, needs ``calib``) | "bn-scale" | "taylor" | "random".
+        importance: "auto" (default: "act" when ``calib`` is given, else "l2") | "l1" | "l2" | "act"
+            (activation-aware, needs ``calib``) | "bn-scale" | "taylor" | "random".
         scope: "local" (every group loses ``ratio``) or "global" (one normalized ranking, with ``floor``).
         round_to: kept widths are rounded up to a multiple of this (1 = exactly ``ratio``).
         ignore: module names (fnmatch patterns allowed) or module objects never to prune.
@@ -326,11 +328,16 @@ def prune(
         ratios: per-group overrides keyed by "heads", "channels" or a module pattern.
         reconstruct: refit every linear layer that loses input columns (FFN down-projections, attention
             output projections) by least squares on ``calib``, so kept channels take over what removed ones
-            carried. Needs at least as many calibration rows (tokens) as the layer has kept inputs.
+            carried. Needs at least as many calibration rows (tokens) as the layer has kept inputs. "auto"
+            (default): on when ``calib`` is given.
+
+    Defaults come from :mod:`slimgraph.defaults`, shared with ``slimgraph prune`` and ``sg.compress``.
     """
     from ..ir.capture import capture_or_copy
     from ..passes.manager import PassManager
 
+    importance = defaults.resolve_importance(importance, has_data=calib is not None)
+    reconstruct = defaults.resolve_reconstruct(reconstruct, has_data=calib is not None)
     _validate(ratio, importance, scope, round_to, ratios, floor)
     names = _ignore_names(model, ignore)
     modules = [n for n, _ in model.named_modules()] if isinstance(model, nn.Module) else []
