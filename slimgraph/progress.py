@@ -31,8 +31,9 @@ class LineProgress:
         if self.total and (self.done // self.step > before // self.step or self.done == self.total):
             elapsed = time.perf_counter() - self.start
             left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            line = (f"{self.desc}: {self.done}/{self.total} {_plural(self.unit)} "
-                    f"({100 * self.done / self.total:.0f}%), {_duration(elapsed)} elapsed, about {_duration(left)} left")
+            share = 100 * self.done / self.total
+            line = (f"{self.desc}: {self.done}/{self.total} {_plural(self.unit)} ({share:.0f}%), "
+                    f"{_duration(elapsed)} elapsed, about {_duration(left)} left")
             print(f"{line}, {self.postfix}" if self.postfix else line, file=self.stream, flush=True)
 
     def close(self) -> None:
