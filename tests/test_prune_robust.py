@@ -74,10 +74,21 @@ def test_cat_with_a_legacy_empty_operand_is_pruned_exactly():
     torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+class TwoHalvesCat(nn.Module):
+    """A cat that stays in the graph (capture drops empty operands, so LegacyEmptyCat's cat disappears)."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right, self.down = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.down(torch.relu(torch.cat([self.left(x), self.right(x)], dim=-1)))
+
+
 @pytest.mark.parametrize("rule_target", [aten.cat.default, aten.linear.default])
 def test_failing_producer_or_shape_rule_never_raises(monkeypatch, rule_target):
     monkeypatch.setitem(RULES, rule_target, lambda a, node: (_ for _ in ()).throw(RuntimeError("new pattern")))
-    model = LegacyEmptyCat().eval()
+    model = TwoHalvesCat().eval()
     x = torch.randn(3, 8)
     pruned = sg.prune(model, (x,), ratio=0.5, round_to=1)
     torch.testing.assert_close(pruned(x), model(x))
