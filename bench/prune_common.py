@@ -6,20 +6,19 @@ everything that touches it imports it lazily, here, so the slimgraph side of eac
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from bench.harness import save_figure, write_results  # noqa: F401 - re-exported for the prune benches
 from bench.run_meta import describe_commit
 
 # ----------------------------------------------------------------------------------------- run metadata
@@ -67,34 +66,6 @@ def meta_lines(meta: dict[str, Any]) -> list[str]:
 def target_line(name: str, measured: str, target: str, met: bool | None) -> str:
     verdict = "met" if met else ("n/a" if met is None else "MISSED")
     return f"- target {name}: measured {measured} vs target {target} -> {verdict}"
-
-
-def write_results(out: str | Path, stem: str, payload: dict[str, Any], markdown: list[str]) -> list[Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    md_path.write_text("\n".join(markdown).rstrip() + "\n")
-    return [json_path, md_path]
-
-
-def save_figure(fig, out: str | Path, stem: str) -> str:
-    """Lay out, write ``out/stem.png`` and close a matplotlib figure; returns the path."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = str(Path(out) / f"{stem}.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _json_default(obj):
-    if isinstance(obj, torch.Size):
-        return list(obj)
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return str(obj)
 
 
 def md_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
