@@ -14,7 +14,7 @@ from ..errors import InputError, PassError
 from ..ir.capture import capture_or_copy
 from ..ir.info import graph_info
 from ..passes.manager import PassManager
-from .calibrate import Batch, normalize_batches, run_outputs
+from .calibrate import Batch, named_inputs, normalize_batches, run_outputs
 from .quant_pass import Quantize, output_error
 from .report import last_report
 
@@ -148,8 +148,7 @@ def _outlier_warnings(batches: list[Batch]) -> list[str]:
     """Calibration inputs with extreme values: a static scale fit to them crushes every ordinary value."""
     warnings = []
     for b, batch in enumerate(batches):
-        named = [(f"input {i}", a) for i, a in enumerate(batch.args)] + list(batch.kwargs.items())
-        for where, value in named:
+        for where, value in named_inputs(batch):
             if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() >= 16):
                 continue
             magnitude = value.detach().abs().flatten().float()

@@ -73,10 +73,14 @@ def normalize_batches(calib, gm: fx.GraphModule) -> list[Batch]:
     return batches
 
 
+def named_inputs(batch: Batch) -> list[tuple[str, object]]:
+    """``("input 0", x), ("input 'mask'", m), ...``: a batch's inputs with the names error messages use."""
+    positional = [(f"input {i}", a) for i, a in enumerate(batch.args)]
+    return positional + [(f"input {k!r}", v) for k, v in batch.kwargs.items()]
+
+
 def _check_finite_inputs(batch: Batch, index: int) -> None:
-    named = [(f"input {i}", a) for i, a in enumerate(batch.args)]
-    named += [(f"input {k!r}", v) for k, v in batch.kwargs.items()]
-    for where, value in named:
+    for where, value in named_inputs(batch):
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             raise InputError(f"calibration batch {index}: {where} contains NaN or Inf; calibration needs finite data")
 
