@@ -7,7 +7,6 @@ the steps that need its result are marked as not run, so one row always comes ba
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 import traceback
@@ -46,15 +45,7 @@ def total_params(gm: fx.GraphModule) -> int:
 
 def sqnr_db(actual, reference) -> float:
     """Signal-to-quantization-noise ratio over all floating-point outputs (the worst tensor)."""
-    from torch.utils._pytree import tree_leaves
-
-    worst = math.inf
-    for a, r in zip(tree_leaves(actual), tree_leaves(reference)):
-        if isinstance(a, torch.Tensor) and a.is_floating_point() and r.numel():
-            noise = (a.double() - r.double()).pow(2).sum().item()
-            signal = r.double().pow(2).sum().item()
-            worst = min(worst, math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise))
-    return worst
+    return compare_outputs(actual, reference).sqnr_db
 
 
 def _ort_outputs(path: Path, args: tuple, kwargs: dict) -> list[torch.Tensor]:
