@@ -29,6 +29,7 @@ import torch.utils._pytree as pytree
 from ..errors import CaptureError, InputError
 from . import dynamic
 from .canonicalize import canonicalize
+from .experts import dense_experts
 from .graph_utils import add_constant, remove_unused_attributes
 from .info import GRAPH_KEY, GraphInfo
 from .propagate import refresh
@@ -191,7 +192,7 @@ def _eval_mode(model: nn.Module):
 
 def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes, *, oblivious: bool = False):
     size_rule = dynamic.size_oblivious() if oblivious else contextlib.nullcontext()
-    with _eval_mode(model), _quiet_export_warnings(), size_rule:
+    with _eval_mode(model), _quiet_export_warnings(), size_rule, dense_experts(model):
         ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
     if dynamic_shapes is not None:
         # ep.module() checks export's shape guards before each call; our graph drops that check, so a graph whose
