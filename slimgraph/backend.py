@@ -246,7 +246,7 @@ def _optimize(gm: fx.GraphModule, example_inputs: list, options: BackendOptions)
     tuned = options.autotune and options.quant is not None
     result = PassManager(options.pipeline(quant=not tuned), check_numerics=options.check).run(captured)
     if tuned:  # time each int8 candidate against its float version on this device; keep the faster
-        from .autotune import choose_layers
+        from .layer_choice import choose_layers
         from .quant.quant_pass import Quantize
 
         overrides, timings = choose_layers(result.gm, options.quant)

@@ -500,7 +500,7 @@ def _quant_stage(result: CompressResult, graph: fx.GraphModule, args, kwargs, ca
         + ") ...")
     start = time.perf_counter()
     if s["keep_profitable"]:
-        from .autotune import keep_profitable
+        from .layer_choice import keep_profitable
 
         chosen = keep_profitable(graph, args, s["quant"], example_kwargs=kwargs, calib=calib_data,
                                  smoothquant=s["smoothquant"])

@@ -167,7 +167,7 @@ def test_int8_compile_matches_eager_to_int8_tolerance(name, quant):
 
 
 def test_autotune_keeps_the_faster_version_per_layer_and_caches(tmp_path, monkeypatch):
-    from slimgraph import autotune
+    from slimgraph import layer_choice
 
     monkeypatch.setenv("SLIMGRAPH_CACHE", str(tmp_path))
     calls = []
@@ -181,7 +181,7 @@ def test_autotune_keeps_the_faster_version_per_layer_and_caches(tmp_path, monkey
         calls.append(quantized)
         return 1.0 if (quantized and wide) else 2.0 if quantized else 1.5
 
-    monkeypatch.setattr(autotune, "default_timer", fake_timer)
+    monkeypatch.setattr(layer_choice, "default_timer", fake_timer)
     model, args, _ = make("mlp")
     compiled = _compile(model, {"inner": "eager", "quant": "w8a8-dynamic", "autotune": True})
     with torch.no_grad():
@@ -191,7 +191,7 @@ def test_autotune_keeps_the_faster_version_per_layer_and_caches(tmp_path, monkey
     graph = _last().graph
     assert sum(str(n.target).startswith("slimgraph.qlinear") for n in graph.graph.nodes) == 1
     first = len(calls)
-    assert first == 6 and (tmp_path / f"autotune-v{autotune.CACHE_VERSION}.json").is_file()
+    assert first == 6 and (tmp_path / f"autotune-v{layer_choice.CACHE_VERSION}.json").is_file()
     compiled = _compile(model, {"inner": "eager", "quant": "w8a8-dynamic", "autotune": True})
     with torch.no_grad():
         compiled(*args)

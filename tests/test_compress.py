@@ -295,7 +295,7 @@ def test_a_dict_metric_names_the_headline_and_its_description_reaches_the_report
 
 
 def test_int8_that_does_not_pay_off_is_a_reported_fallback(monkeypatch):
-    import slimgraph.autotune as autotune
+    import slimgraph.layer_choice as autotune
 
     def slower(model, args, scheme, **kw):
         return autotune.ProfitableResult(model, [], ["fc1"], float_ms=1.0, int8_ms=2.0, used_int8=False)

@@ -14,7 +14,7 @@ Forms (each a plain-tensor packing of W held as graph attributes, so archives st
   fp16/bf16 weights on an NVIDIA GPU (N a multiple of 32, K of 64).
 
 ``lower="auto"``: for every linear layer the dense GEMM and every applicable form are timed on the current device at
-the layer's captured input shape (:func:`slimgraph.autotune.default_timer`, the per-layer timer of the int8
+the layer's captured input shape (:func:`slimgraph.layer_choice.default_timer`, the per-layer timer of the int8
 autotuner, in interleaved rounds), and the fastest wins if it beats dense by ``MARGIN``; ``"always"`` takes the
 preferred form without timing (2:4 tensor cores for 2:4 on CUDA, bsr for block patterns, else csr; tests and
 deployments tuned elsewhere); ``"off"`` keeps every layer dense. Every lowered layer is checked
@@ -31,12 +31,12 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..autotune import Timer
 from ..ir.graph_utils import _getattr_path, add_constant, get_attr_tensor, remove_unused_attributes
 from ..ir.info import graph_info
 from ..ir.propagate import copy_provenance
 from ..kernels.block_sparse import BLOCK_SIZES, to_block_sparse
 from ..kernels.epilogue import apply_activation
+from ..layer_choice import Timer
 from ..numerics import compare_outputs
 from ..ops.semi_structured_linear import semi_structured_problem, to_semi_structured
 from ..ops.sparse_linear import register_onnx_translation, to_csr
@@ -130,7 +130,7 @@ def lower_layers(gm: fx.GraphModule, layers: list[Layer], rows: dict[str, LayerS
             rows[layer.weight].reason = "lower=off"
         return 0
     if timer is None:
-        from ..autotune import default_timer as timer
+        from ..layer_choice import default_timer as timer
     lowered = 0
     # read every layer's input example first: a layer fed by one lowered before it sees a node without metadata
     inputs = {layer.weight: _example_input(layer.nodes[0], get_attr_tensor(gm, layer.nodes[0].args[1]))

@@ -149,7 +149,7 @@ def test_non_tensor_inputs_and_bad_calibration_data_are_input_errors(mlp, x):
 
 
 def test_auto_lowering_follows_the_measurement(monkeypatch, mlp, x):
-    import slimgraph.autotune as autotune
+    import slimgraph.layer_choice as autotune
 
     monkeypatch.setattr(autotune, "default_timer", lambda fn: 1.0 if fn.__name__ == "call" else 2.0)
     fast = sg.sparsify(mlp, (x,), sparsity=0.9)
@@ -179,7 +179,7 @@ def test_always_lowers_to_csr_matching_the_dense_masked_model(mlp, x):
 
 
 def test_auto_skips_timing_csr_where_it_would_read_more_bytes_than_dense(monkeypatch, mlp, x):
-    import slimgraph.autotune as autotune
+    import slimgraph.layer_choice as autotune
 
     def no_timing(fn):
         raise AssertionError("a layer at 50% density must not be timed")

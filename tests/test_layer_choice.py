@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from slimgraph import autotune
+from slimgraph import layer_choice
 from slimgraph.ir.graph_utils import get_attr_tensor
 from slimgraph.quant import last_report
 from slimgraph.testing.models import make
@@ -50,7 +50,7 @@ def _private_cache(tmp_path, monkeypatch):
 def test_only_layers_that_win_in_int8_are_quantized():
     model, args, _ = make("mlp")  # fc1 32 -> 64, fc2 64 -> 64, fc3 64 -> 10
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = autotune.keep_profitable(model, args, "w8a8-dynamic", timer=synthetic_timer({(64, 32)}))
+    res = layer_choice.keep_profitable(model, args, "w8a8-dynamic", timer=synthetic_timer({(64, 32)}))
     choices = {t.name.split(":")[0]: t.choice for t in res.layers}
     assert choices == {"fc1": "int8", "fc2": "float", "fc3": "float"}, choices
     assert res.used_int8 and _int8_layers(res.model) == 1
@@ -66,7 +66,7 @@ def test_only_layers_that_win_in_int8_are_quantized():
 
 def test_callers_per_layer_patterns_win_over_measurement():
     model, args, _ = make("mlp")
-    res = autotune.keep_profitable(model, args, "w8a8-dynamic", timer=synthetic_timer({(64, 32)}),
+    res = layer_choice.keep_profitable(model, args, "w8a8-dynamic", timer=synthetic_timer({(64, 32)}),
                                    per_layer={"fc1*": "float", "fc3*": "w8a16"})
     ops = [str(n.target) for n in res.model.graph.nodes if str(n.target).startswith("slimgraph.q")]
     assert ops == ["slimgraph.qlinear_w8a16.default"], ops  # fc1 forced float, fc2 measured float, fc3 forced
@@ -74,7 +74,7 @@ def test_callers_per_layer_patterns_win_over_measurement():
 
 def test_int8_model_slower_overall_returns_the_float_graph(caplog):
     model, args, _ = make("mlp")
-    res = autotune.keep_profitable(model, args, "w8a8-dynamic",
+    res = layer_choice.keep_profitable(model, args, "w8a8-dynamic",
                                    timer=synthetic_timer({(64, 32), (64, 64), (10, 64)}, whole_model_int8_ms=12.0))
     assert all(t.choice == "int8" for t in res.layers)
     assert not res.used_int8 and not _is_quantized(res.model)
@@ -85,7 +85,7 @@ def test_int8_model_slower_overall_returns_the_float_graph(caplog):
 
 def test_cnn_layers_are_timed_and_decided_per_conv():
     model, args, _ = make("residual_cnn")
-    res = autotune.keep_profitable(model, args, "w8a8", timer=synthetic_timer(set()), check_model=False)
+    res = layer_choice.keep_profitable(model, args, "w8a8", timer=synthetic_timer(set()), check_model=False)
     assert res.layers and all(t.choice == "float" for t in res.layers)
     assert not _is_quantized(res.model) and res.float_ms is None
 
@@ -94,7 +94,7 @@ def test_cache_key_names_the_cpu_int8_backend(monkeypatch):
     from slimgraph.quant import cpu_int8
 
     monkeypatch.setenv("SLIMGRAPH_ONEDNN", "0")
-    off = autotune._device_name(torch.device("cpu"))
+    off = layer_choice._device_name(torch.device("cpu"))
     monkeypatch.delenv("SLIMGRAPH_ONEDNN")
-    on = autotune._device_name(torch.device("cpu"))
+    on = layer_choice._device_name(torch.device("cpu"))
     assert off.endswith("-reference") and (on.endswith("-onednn") == cpu_int8.available())

@@ -1,6 +1,9 @@
 """Per-layer int8-or-float choice by measurement: the torch.compile backend's ``autotune`` option and
 :func:`keep_profitable` (``sg.quantize`` that keeps only the int8 layers that pay off on this device).
 
+(Not to be confused with Triton's tile-config autotuning, which lives with each kernel in ``kernels/``: this
+module chooses, per layer, *whether* to use int8 at all.)
+
 int8 loses to fp16 on small GEMMs (launch and quantization overhead dominate), so "quantize everything"
 can make a model slower. For each layer the ``quant`` pass would rewrite, this module builds a one-layer
 graph, quantizes it with the very same pass, times float and int8 on the actual device at the layer's
