@@ -3,7 +3,7 @@
 Importing this package registers every pass under its pipeline name; see ``registered_passes()``.
 """
 
-from . import const_fold, dce, fold_bn, fuse_epilogue  # noqa: F401 - registration
+from . import dce, fold_bn, fold_constants, fuse  # noqa: F401 - registration
 from .base import Pass, PassResult, get_pass, parse_pipeline, register_pass, registered_passes
 from .manager import PassManager, PassRecord, PipelineResult, run_pipeline
 

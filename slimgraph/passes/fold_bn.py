@@ -16,23 +16,34 @@ Training-mode BNs are left untouched and reported.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.fx as fx
 
-from ..ir.graph_utils import add_constant, constant_of, get_attr_tensor, set_attr_tensor
+from ..ir.graph_utils import add_constant, set_attr_tensor
+from ..ir.match import (
+    BATCH_NORMS,
+    CONV_TRANSPOSES,
+    CONVS,
+    LINEARS,
+    Pattern,
+    Reject,
+    apply_patterns,
+    arg,
+    constant,
+    conv_geometry,
+    exclusive_constant,
+    is_call,
+    only_reader,
+    value_of,
+)
 from ..ir.propagate import copy_provenance
 from .base import Pass, PassResult, register_pass
 from .dce import tidy
 
 aten = torch.ops.aten
-
-CONVS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default}
-CONV_TRANSPOSES = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
-BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 
 
 @dataclass
@@ -44,33 +55,38 @@ class _BN:
     shift: torch.Tensor  # float64 [C]
 
 
-def _as_eval_bn(gm: fx.GraphModule, node: fx.Node) -> _BN | str | None:
-    """Recognise an eval-mode BN (None if ``node`` is no BN, a reason string if it cannot fold)."""
-    if node.op != "call_function" or node.target not in BATCH_NORMS:
-        return None
-    args = list(node.args)
+@dataclass
+class _Fold:
+    bn: _BN
+    layer: fx.Node  # the conv/linear whose weights absorb the BN
+    w: torch.Tensor
+    b: torch.Tensor | None
+
+
+def _eval_bn(gm: fx.GraphModule, node: fx.Node) -> _BN | Reject:
+    """An eval-mode BN with constant statistics, or why it cannot fold."""
     if node.target is aten.batch_norm.default:
-        x, weight, bias, mean, var, training, _momentum, eps = args[:8]
+        x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
         if training:
-            return "batch norm runs in training mode"
+            return Reject("batch norm runs in training mode")
         value_node, erase = node, [node]
     else:
-        x, weight, bias, mean, var, _momentum, eps = args[:7]
+        x, weight, bias, mean, var, _momentum, eps = node.args[:7]
         users = list(node.users)
         if len(users) != 1 or users[0].args[1] != 0:
-            return "batch norm statistics outputs are read"
+            return Reject("batch norm statistics outputs are read")
         value_node, erase = users[0], [users[0], node]
     tensors = {}
-    for label, arg in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
-        if arg is None:
+    for label, value in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
+        if value is None:
             tensors[label] = None
             continue
-        t = constant_of(gm, arg)
+        t = constant(gm, value)
         if t is None:
-            return f"batch norm {label} is not a constant"
+            return Reject(f"batch norm {label} is not a constant")
         tensors[label] = t.double()
     if tensors["running_mean"] is None or tensors["running_var"] is None:
-        return "batch norm has no running statistics"
+        return Reject("batch norm has no running statistics")
     scale = 1.0 / torch.sqrt(tensors["running_var"] + eps)
     if tensors["weight"] is not None:
         scale = scale * tensors["weight"]
@@ -80,33 +96,51 @@ def _as_eval_bn(gm: fx.GraphModule, node: fx.Node) -> _BN | str | None:
     return _BN(value_node, erase, x, scale, shift)
 
 
-def _exclusive_weight(gm: fx.GraphModule, arg, readers: Counter) -> torch.Tensor | None:
-    """The constant behind ``arg`` if one node reads it (so it may be rewritten in place of the graph).
+def _layer_weights(gm: fx.GraphModule, bn: _BN, layer: fx.Node) -> _Fold | Reject:
+    """The conv/linear's weight and bias, if both are constants only it reads (it may then be rewritten)."""
+    w = exclusive_constant(gm, layer.args[1])
+    if w is None:
+        return Reject(f"{layer.name}'s weight is not an unshared constant")
+    bias_arg = arg(layer, 2, "bias")
+    b = exclusive_constant(gm, bias_arg) if bias_arg is not None else None
+    if bias_arg is not None and b is None:
+        return Reject(f"{layer.name}'s bias is not an unshared constant")
+    return _Fold(bn, layer, w, b)
 
-    ``readers`` counts get_attr nodes per attribute: tied weights are read through several of them.
-    """
-    if not isinstance(arg, fx.Node) or arg.op != "get_attr" or len(arg.users) != 1:
-        return None
-    return get_attr_tensor(gm, arg) if readers[arg.target] == 1 else None
+
+def _after_layer(gm: fx.GraphModule, node: fx.Node) -> _Fold | Reject:
+    """conv/linear -> bn, the BN the layer's only reader."""
+    bn = _eval_bn(gm, node)
+    if isinstance(bn, Reject):
+        return bn
+    producer = bn.x
+    if not is_call(producer, CONVS | CONV_TRANSPOSES | LINEARS):
+        return Reject("no conv/linear before it")
+    if only_reader(producer) is None:
+        return Reject(f"{producer.name} has other readers")
+    if producer.target in LINEARS and len(value_of(producer).shape) != 2:
+        return Reject("linear output is not 2-D, so BN's channel axis is not the linear's output axis")
+    return _layer_weights(gm, bn, producer)
 
 
-def _write(gm: fx.GraphModule, node: fx.Node, index: int, value: torch.Tensor, like: torch.Tensor | None,
-           name_hint: str) -> None:
-    """Store ``value`` as argument ``index`` of ``node``: overwrite the old attribute or add a new one."""
-    dtype = like.dtype if like is not None else node.args[1].meta["val"].dtype
-    value = value.to(dtype)
-    arg = node.args[index] if index < len(node.args) else None
-    if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        set_attr_tensor(gm, arg.target, value)  # same shape and dtype: the node's fake value still holds
-        return
-    target = add_constant(gm, value, name_hint, parameter=True)
-    with gm.graph.inserting_before(node):
-        attr = gm.graph.get_attr(target)
-    args = list(node.args)
-    while len(args) <= index:
-        args.append(None)
-    args[index] = attr
-    node.args = tuple(args)
+def _before_layer(gm: fx.GraphModule, node: fx.Node) -> _Fold | Reject:
+    """bn -> conv/linear, the BN output read only by that layer, as its input."""
+    bn = _eval_bn(gm, node)
+    if isinstance(bn, Reject):
+        return bn
+    consumer = only_reader(bn.node)
+    if consumer is None:
+        return Reject("its output has several readers")
+    if not is_call(consumer, CONVS | LINEARS) or consumer.args[0] is not bn.node:
+        return Reject("no conv/linear after it")
+    found = _layer_weights(gm, bn, consumer)
+    if isinstance(found, Reject):
+        return found
+    if consumer.target in LINEARS and len(value_of(bn.node).shape) != 2:
+        return Reject("BN before linear only folds for 2-D inputs")
+    if consumer.target in CONVS and any(p != 0 for p in conv_geometry(consumer).padding):
+        return Reject(f"{consumer.name} zero-pads its input, which the folded shift would see as non-zero")
+    return found
 
 
 def _wide(w: torch.Tensor) -> torch.Tensor:
@@ -119,80 +153,33 @@ def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view(-1, *([1] * (ndim - 1)))
 
 
-def _fold_into_producer(gm: fx.GraphModule, bn: _BN, readers: Counter) -> str | None:
-    """conv/linear -> bn. Returns None on success, else why not."""
-    producer = bn.x
-    if not isinstance(producer, fx.Node) or producer.op != "call_function":
-        return "no conv/linear before it"
-    if producer.target not in CONVS | CONV_TRANSPOSES | {aten.linear.default}:
-        return "no conv/linear before it"
-    if len(producer.users) != 1:
-        return f"{producer.name} has other readers"
-    w = _exclusive_weight(gm, producer.args[1], readers)
-    if w is None:
-        return f"{producer.name}'s weight is not an unshared constant"
-    bias_arg = producer.args[2] if len(producer.args) > 2 else None
-    b = None
-    if bias_arg is not None:
-        b = _exclusive_weight(gm, bias_arg, readers)
-        if b is None:
-            return f"{producer.name}'s bias is not an unshared constant"
-    s, t = bn.scale, bn.shift
-    if producer.target is aten.linear.default:
-        out_rank = len(producer.meta["val"].shape)
-        if out_rank != 2:
-            return "linear output is not 2-D, so BN's channel axis is not the linear's output axis"
-        new_w = _wide(w) * s[:, None].to(_wide(w).dtype)
+def _fold_into_producer(gm: fx.GraphModule, node: fx.Node, fold: _Fold) -> None:
+    producer, w, s, t = fold.layer, fold.w, fold.bn.scale, fold.bn.shift
+    wide = _wide(w)
+    if producer.target in LINEARS:
+        new_w = wide * s[:, None].to(wide.dtype)
     elif producer.target in CONVS:
-        new_w = _wide(w) * _channel_view(s, w.dim()).to(_wide(w).dtype)
+        new_w = wide * _channel_view(s, w.dim()).to(wide.dtype)
     else:  # transposed conv: weight [Cin, Cout/groups, k...]; output channel = group * Cout/g + j
-        groups = _transpose_groups(producer)
+        groups = conv_geometry(producer).groups
         cin, cout_g = w.shape[0], w.shape[1]
-        grouped = _wide(w).reshape(groups, cin // groups, cout_g, *w.shape[2:])
+        grouped = wide.reshape(groups, cin // groups, cout_g, *w.shape[2:])
         s_g = s.view(groups, 1, cout_g, *([1] * (w.dim() - 2))).to(grouped.dtype)
         new_w = (grouped * s_g).reshape(w.shape)
-    new_b = (b.double() * s if b is not None else torch.zeros_like(s)) + t  # per-channel: float64
-    _write(gm, producer, 1, new_w, w, "")
-    _write(gm, producer, 2, new_b, w, f"{producer.args[1].target.rpartition('.')[0] or producer.name}.bias")
-    bn.node.replace_all_uses_with(producer)
-    return None
+    new_b = (fold.b.double() * s if fold.b is not None else torch.zeros_like(s)) + t  # per-channel: float64
+    _store_weights(gm, fold, new_w, new_b)
+    fold.bn.node.replace_all_uses_with(producer)
+    _erase(gm, fold.bn)
 
 
-def _transpose_groups(node: fx.Node) -> int:
-    # conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
-    args = node.args
-    return int(args[6]) if len(args) > 6 else int(node.kwargs.get("groups", 1))
-
-
-def _fold_into_consumer(gm: fx.GraphModule, bn: _BN, readers: Counter) -> str | None:
-    """bn -> conv/linear (BN output read only by that op as its input)."""
-    users = list(bn.node.users)
-    if len(users) != 1:
-        return "its output has several readers"
-    consumer = users[0]
-    if consumer.op != "call_function" or consumer.args[0] is not bn.node:
-        return "no conv/linear after it"
-    if consumer.target not in CONVS | {aten.linear.default}:
-        return "no conv/linear after it"
-    w = _exclusive_weight(gm, consumer.args[1], readers)
-    if w is None:
-        return f"{consumer.name}'s weight is not an unshared constant"
-    bias_arg = consumer.args[2] if len(consumer.args) > 2 else None
-    b = _exclusive_weight(gm, bias_arg, readers) if bias_arg is not None else None
-    if bias_arg is not None and b is None:
-        return f"{consumer.name}'s bias is not an unshared constant"
-    s, t = bn.scale, bn.shift
+def _fold_into_consumer(gm: fx.GraphModule, node: fx.Node, fold: _Fold) -> None:
+    consumer, w, s, t = fold.layer, fold.w, fold.bn.scale, fold.bn.shift
     wd = w.double()  # consumer folds sum over input channels: accumulate in float64
-    if consumer.target is aten.linear.default:
-        if len(bn.node.meta["val"].shape) != 2:
-            return "BN before linear only folds for 2-D inputs"
+    if consumer.target in LINEARS:
         new_w = wd * s[None, :]
         new_b = wd @ t
     else:
-        padding = consumer.args[4] if len(consumer.args) > 4 else 0
-        if any(int(p) != 0 for p in (padding if isinstance(padding, (list, tuple)) else [padding])):
-            return f"{consumer.name} zero-pads its input, which the folded shift would see as non-zero"
-        groups = int(consumer.args[6]) if len(consumer.args) > 6 else 1
+        groups = conv_geometry(consumer).groups
         cout, cin_g = w.shape[0], w.shape[1]
         spatial = [1] * (w.dim() - 2)
         grouped = wd.reshape(groups, cout // groups, cin_g, *w.shape[2:])
@@ -200,28 +187,47 @@ def _fold_into_consumer(gm: fx.GraphModule, bn: _BN, readers: Counter) -> str | 
         t_g = t.view(groups, 1, cin_g, *spatial)
         new_w = (grouped * s_g).reshape(w.shape)
         new_b = (grouped * t_g).sum(dim=tuple(range(2, grouped.dim()))).reshape(cout)
-    if b is not None:
-        new_b = new_b + b.double()
-    _write(gm, consumer, 1, new_w, w, "")
-    _write(gm, consumer, 2, new_b, w, f"{consumer.args[1].target.rpartition('.')[0] or consumer.name}.bias")
-    consumer.replace_input_with(bn.node, bn.x)
-    return None
+    if fold.b is not None:
+        new_b = new_b + fold.b.double()
+    _store_weights(gm, fold, new_w, new_b)
+    consumer.replace_input_with(fold.bn.node, fold.bn.x)
+    _erase(gm, fold.bn)
 
 
-def _lower_to_affine(gm: fx.GraphModule, bn: _BN, original: fx.Node) -> None:
-    x_val = bn.x.meta["val"]
+def _store_weights(gm: fx.GraphModule, fold: _Fold, new_w: torch.Tensor, new_b: torch.Tensor) -> None:
+    """Write the folded weight over the old attribute (same shape and dtype: fake values still hold) and the
+    bias over the old one, or as a new parameter next to the weight when the layer had none."""
+    layer, dtype = fold.layer, fold.w.dtype
+    set_attr_tensor(gm, layer.args[1].target, new_w.to(dtype))
+    bias_arg = arg(layer, 2, "bias")
+    if bias_arg is not None:
+        set_attr_tensor(gm, bias_arg.target, new_b.to(dtype))
+        return
+    owner = layer.args[1].target.rpartition(".")[0] or layer.name
+    target = add_constant(gm, new_b.to(dtype), f"{owner}.bias", parameter=True)
+    with gm.graph.inserting_before(layer):
+        attr = gm.graph.get_attr(target)
+    args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
+    args[2] = attr
+    layer.args = tuple(args)
+    layer.kwargs = {k: v for k, v in layer.kwargs.items() if k != "bias"}
+
+
+def _lower_to_affine(gm: fx.GraphModule, node: fx.Node, bn: _BN) -> None:
+    x_val = value_of(bn.x)
     ndim, dtype = x_val.dim(), x_val.dtype
-    base = _bn_attr_base(original)
+    base = _bn_attr_base(node)
     scale = add_constant(gm, _channel_view(bn.scale, max(ndim - 1, 1)).to(dtype), f"{base}.affine_scale")
     shift = add_constant(gm, _channel_view(bn.shift, max(ndim - 1, 1)).to(dtype), f"{base}.affine_shift")
     graph = gm.graph
-    with graph.inserting_before(original):
+    with graph.inserting_before(node):
         s_node, t_node = graph.get_attr(scale), graph.get_attr(shift)
         mul = graph.call_function(aten.mul.Tensor, (bn.x, s_node))
         add = graph.call_function(aten.add.Tensor, (mul, t_node))
     for n in (mul, add):
-        copy_provenance(n, original)
+        copy_provenance(n, node)
     bn.node.replace_all_uses_with(add)
+    _erase(gm, bn)
 
 
 def _bn_attr_base(node: fx.Node) -> str:
@@ -229,6 +235,21 @@ def _bn_attr_base(node: fx.Node) -> str:
     if isinstance(mean, fx.Node) and mean.op == "get_attr":
         return mean.target.rpartition(".")[0] or node.name
     return node.name
+
+
+def _erase(gm: fx.GraphModule, bn: _BN) -> None:
+    for dead in bn.erase:
+        gm.graph.erase_node(dead)
+
+
+FOLD_PATTERNS = [
+    # conv / conv_transpose / linear -> bn  =>  conv' (w * s, b * s + t)
+    Pattern("folded_into_producer", BATCH_NORMS, _after_layer, _fold_into_producer),
+    # bn -> conv / linear  =>  conv' (w * s over input channels, b + w . t)
+    Pattern("folded_into_consumer", BATCH_NORMS, _before_layer, _fold_into_consumer),
+]
+# bn  =>  x * s + t   (an eval BN no layer can absorb)
+AFFINE_PATTERN = Pattern("lowered_to_affine", BATCH_NORMS, _eval_bn, _lower_to_affine)
 
 
 @register_pass
@@ -239,36 +260,10 @@ class FoldBatchNorm(Pass):
     affine_fallback: bool = True  # lower unfoldable eval-mode BNs to mul+add
 
     def run(self, gm: fx.GraphModule) -> PassResult:
-        stats = {"folded_into_producer": 0, "folded_into_consumer": 0, "lowered_to_affine": 0, "left": 0}
-        notes: list[str] = []
-        readers = Counter(n.target for n in gm.graph.nodes if n.op == "get_attr")
-        for node in list(gm.graph.nodes):
-            if node.graph is not gm.graph or node.op != "call_function" or node.target not in BATCH_NORMS:
-                continue
-            bn = _as_eval_bn(gm, node)
-            if isinstance(bn, str):
-                stats["left"] += 1
-                notes.append(f"left {node.name} alone: {bn}")
-                continue
-            why_not_producer = _fold_into_producer(gm, bn, readers)
-            if why_not_producer is None:
-                stats["folded_into_producer"] += 1
-            else:
-                why_not_consumer = _fold_into_consumer(gm, bn, readers)
-                if why_not_consumer is None:
-                    stats["folded_into_consumer"] += 1
-                elif self.affine_fallback:
-                    _lower_to_affine(gm, bn, node)
-                    stats["lowered_to_affine"] += 1
-                    notes.append(f"{node.name} lowered to x*s+t: not after a conv/linear "
-                                 f"({why_not_producer}) nor before one ({why_not_consumer})")
-                else:
-                    stats["left"] += 1
-                    notes.append(f"left {node.name}: {why_not_producer}; {why_not_consumer}")
-                    continue
-            for dead in bn.erase:
-                gm.graph.erase_node(dead)
-        modified = any(v for k, v in stats.items() if k != "left")
-        if modified:
+        patterns = FOLD_PATTERNS + ([AFFINE_PATTERN] if self.affine_fallback else [])
+        rewrites = apply_patterns(gm, patterns)
+        stats = {"folded_into_producer": 0, "folded_into_consumer": 0, "lowered_to_affine": 0,
+                 **rewrites.counts, "left": rewrites.left}
+        if rewrites.total:
             tidy(gm)
-        return PassResult(gm, modified, stats, notes)
+        return PassResult(gm, rewrites.total > 0, stats, rewrites.notes)
