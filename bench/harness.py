@@ -1,8 +1,19 @@
 """The one benchmark harness: run metadata, interleaved timing, and JSON + markdown + PNG result files.
 
-A bench script is ``main(argv) -> int``; it builds its variants, times them with :func:`time_variants` (the
-same interleaved timing, median + IQR, load recording and "no change" verdict as ``sg.compress`` reports:
-:mod:`slimgraph.timing`) and writes its results with :func:`write_results` / :func:`save_figure`.
+A bench script is ``main(argv) -> int`` whose parser comes from :func:`script_parser`; it builds its variants,
+times them with :func:`time_variants` (the same interleaved timing, median + IQR, load recording and "no change"
+verdict as ``sg.compress`` reports: :mod:`slimgraph.timing`) and writes its results with :func:`write_results`
+(JSON + markdown, headed by :func:`meta_lines`) and a plot with :func:`save_figure` or :func:`bar_chart`.
+
+    def main(argv=None) -> int:
+        parser = script_parser(__doc__, "my-suite")
+        args = parser.parse_args(argv)
+        start, meta = time.perf_counter(), run_metadata("bench.my_suite", argv)
+        run = time_variants({"before": lambda: a(x), "after": lambda: b(x)})
+        finish_metadata(meta, start)
+        write_results(args.out, "my-suite", {"meta": meta, "timing": run}, [*meta_lines(meta), ...])
+        bar_chart(args.out, "my-suite", {"median ms": {k: t.median_ms for k, t in run.timings.items()}}, ...)
+        return 0
 
 Results go to a scratch directory unless ``--out`` is given (:func:`add_out_argument`), so re-running a bench
 never overwrites the committed files under ``bench/results`` by accident. Every result records the exact
@@ -27,8 +38,12 @@ import torch
 from bench.run_meta import describe_commit
 from slimgraph.timing import Ratio, Timing, TimingRun, speedup, time_interleaved
 
-__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "md_table", "run_metadata", "save_figure",
-           "scratch_dir", "speedup", "time_variants", "write_results"]
+__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "finish_metadata", "human",
+           "load_average", "md_table", "meta_lines", "run_metadata", "save_figure", "scatter_chart", "scratch_dir",
+           "script_parser", "speedup", "target_line", "time_variants", "version", "write_results"]
+
+# versions a result records when the run used the tool (run_metadata(..., torch_pruning=...)); meta_lines shows them
+OPTIONAL_VERSIONS = ("torch_pruning", "torchao", "onnx", "onnxruntime")
 
 
 def scratch_dir(suite: str) -> Path:
@@ -41,7 +56,21 @@ def add_out_argument(parser: argparse.ArgumentParser, suite: str) -> None:
                         f"directory {scratch_dir(suite)}; pass --out bench/results to replace the committed results)")
 
 
-def _version(module: str) -> str | None:
+def script_parser(doc: str | None, suite: str) -> argparse.ArgumentParser:
+    """The argument parser every bench script starts from: its docstring as help, ``--out`` defaulting to the
+    suite's scratch directory (committed results are replaced only with an explicit ``--out bench/results``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser, suite)
+    return parser
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages, rounded; the machine is shared, so every result records them."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def version(module: str) -> str | None:
+    """``module.__version__``, or None when it is not installed (or broken): the result says so."""
     try:
         return __import__(module).__version__
     except Exception:  # noqa: BLE001 - not installed or broken: the result says so instead of failing
@@ -62,11 +91,11 @@ def run_metadata(module: str, argv: list[str] | None, **extra: Any) -> dict[str,
         "commit": describe_commit(),
         "device": device_name(),
         "torch": torch.__version__,
-        "triton": _version("triton"),
-        "transformers": _version("transformers"),
+        "triton": version("triton"),
+        "transformers": version("transformers"),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
-        "load_at_start": [round(v, 2) for v in os.getloadavg()],
+        "load_at_start": load_average(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     meta.update(extra)
@@ -74,21 +103,37 @@ def run_metadata(module: str, argv: list[str] | None, **extra: Any) -> dict[str,
 
 
 def finish_metadata(meta: dict[str, Any], start: float) -> dict[str, Any]:
-    meta["load_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    meta["load_at_end"] = load_average()
     meta["wall_s"] = round(time.perf_counter() - start, 1)
     return meta
 
 
 def meta_lines(meta: dict[str, Any]) -> list[str]:
     """Markdown bullet lines for a result's header."""
+    optional = "".join(f", {name.replace('_', '-')} {meta[name]}" for name in OPTIONAL_VERSIONS if name in meta)
     return [
         f"- command: `{meta['command']}`",
         f"- commit {meta['commit']}; torch {meta['torch']}, triton {meta['triton']}, transformers "
-        f"{meta['transformers']}, python {meta['python']}",
+        f"{meta['transformers']}{optional}, python {meta['python']}",
         f"- device: {meta['device']}, {meta['torch_threads']} torch threads; load average (1/5/15 min) at start "
-        f"{meta['load_at_start']}, at end {meta.get('load_at_end')}",
-        f"- wall time of the whole run: {meta.get('wall_s', float('nan'))} s",
+        f"{meta['load_at_start']}, at end {meta.get('load_at_end')} (a shared machine: timings are noisy when the "
+        "load exceeds the cores)",
+        f"- wall time of the whole run: {float(meta.get('wall_s', float('nan'))):.1f} s",
     ]
+
+
+def target_line(name: str, measured: str, target: str, met: bool | None) -> str:
+    """One markdown bullet: a target, what was measured and the verdict (met / MISSED / n/a)."""
+    verdict = "met" if met else ("n/a" if met is None else "MISSED")
+    return f"- target {name}: measured {measured} vs target {target} -> {verdict}"
+
+
+def human(n: float) -> str:
+    """12.3M, 4.56G: parameter and MAC counts for tables."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}"
+    return f"{n:.0f}"
 
 
 def time_variants(variants: Mapping[str, Callable[[], object]], **options) -> TimingRun:
@@ -125,6 +170,58 @@ def save_figure(fig, out: str | Path, stem: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def bar_chart(out: str | Path, stem: str, series: Mapping[str, Mapping[str, float]], *, ylabel: str, title: str,
+              reference: tuple[float, str] | None = None, log: bool = False) -> Path:
+    """A grouped bar chart written as ``out/stem.png``: one colour per series, one group per category.
+
+    ``series`` maps a legend label to {category: value}; categories missing from a series (or NaN) leave a gap.
+    ``reference`` = (value, label) draws a dashed horizontal line (a target, or the baseline's figure).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(dict.fromkeys(c for values in series.values() for c in values))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 2.0 + 0.5 * len(categories) * len(series) ** 0.5)), 4.5))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [j + i * width for j, c in enumerate(categories) if c in values]
+        ax.bar(xs, [values[c] for c in categories if c in values], width=width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))])
+    ax.set_xticklabels(categories, rotation=25, ha="right", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference[0], color="k", ls="--", lw=1, label=reference[1])
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 1 or reference is not None:
+        ax.legend(fontsize=7)
+    return save_figure(fig, out, stem)
+
+
+def scatter_chart(out: str | Path, stem: str, points: Mapping[str, tuple[float, float]], *, xlabel: str,
+                  ylabel: str, title: str, logy: bool = False) -> Path:
+    """A labelled scatter plot (a trade-off: e.g. latency against accuracy lost) written as ``out/stem.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    for i, (label, (x, y)) in enumerate(points.items()):
+        ax.scatter([x], [y], color=f"C{i % 10}", label=label, zorder=3)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out, stem)
 
 
 def md_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:

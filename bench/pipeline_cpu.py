@@ -1,27 +1,24 @@
 """CPU benchmark: time to capture + fold-bn + fuse BERT-base and ResNet-50, next to torch.export alone.
 
-    python -m bench.pipeline_cpu [--repeats 3] [--out bench/results]
+    python -m bench.pipeline_cpu [--repeats 3] [--out bench/results]   (default: a scratch directory)
 
 Models: transformers' BertModel(BertConfig()) at batch 2 x 128 tokens and ResNetModel(ResNetConfig()) at
 batch 2 x 3 x 224 x 224, random weights. Each figure is the median of ``--repeats`` warm runs; the first
 (cold) run in the process, which pays one-time imports and tracing caches, is reported separately.
 Target (issue 2): capture + fold-bn + fuse <= 2 s each on the 2-core development machine.
+Writes pipeline-cpu.{json,md,png}.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from bench.run_meta import describe_commit
+from bench import harness
 
+SUITE = "pipeline-cpu"
 TARGET_S = 2.0
 
 
@@ -59,42 +56,44 @@ def _time_once(model, args, kwargs) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
+    meta = harness.run_metadata("bench.pipeline_cpu", argv, repeats=args.repeats)
 
     rows = {}
     for name, (model, margs, kwargs) in _models().items():
         cold = _time_once(model, margs, kwargs)
         warm = [_time_once(model, margs, kwargs) for _ in range(args.repeats)]
         med = {k: statistics.median(r[k] for r in warm) for k in warm[0]}
-        rows[name] = {"warm_median": med, "cold": cold, "target_s": TARGET_S,
-                      "meets_target": med["total_s"] <= TARGET_S}
+        rows[name] = {"warm_median": med, "warm_total_s_each": [r["total_s"] for r in warm], "cold": cold,
+                      "target_s": TARGET_S, "meets_target": med["total_s"] <= TARGET_S}
         print(f"{name}: capture+fold-bn+fuse {med['total_s']:.2f} s warm (cold {cold['total_s']:.2f} s); "
               f"torch.export alone {med['export_only_s']:.2f} s")
+    harness.finish_metadata(meta, start)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "python": platform.python_version(), "commit": describe_commit(),
-            "repeats": args.repeats}
-    (out / "pipeline-cpu.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    lines = [
-        "# capture + fold-bn + fuse on CPU", "",
-        f"{meta['machine']}; torch {meta['torch']}; commit {meta['commit']}; median of {args.repeats} warm runs.",
-        "", "| model | torch.export alone | capture | fold-bn + fuse | total | cold total | target | met |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["# capture + fold-bn + fuse on CPU", "", *harness.meta_lines(meta),
+             f"- median of {args.repeats} warm runs (min-max of the total in brackets); cold = the first run in the "
+             "process", ""]
+    table = []
     for name, r in rows.items():
-        m, c = r["warm_median"], r["cold"]
-        lines.append(f"| {name} | {m['export_only_s']:.2f} s | {m['capture_s']:.2f} s | {m['fold_bn_fuse_s']:.2f} s "
-                     f"| {m['total_s']:.2f} s | {c['total_s']:.2f} s | <= {TARGET_S:.0f} s | "
-                     f"{'yes' if r['meets_target'] else 'no'} |")
+        m, c, each = r["warm_median"], r["cold"], r["warm_total_s_each"]
+        table.append([name, f"{m['export_only_s']:.2f} s", f"{m['capture_s']:.2f} s", f"{m['fold_bn_fuse_s']:.2f} s",
+                      f"{m['total_s']:.2f} s ({min(each):.2f}-{max(each):.2f})", f"{c['total_s']:.2f} s",
+                      f"<= {TARGET_S:.0f} s", "yes" if r["meets_target"] else "no"])
+    lines += harness.md_table(["model", "torch.export alone", "capture", "fold-bn + fuse", "total", "cold total",
+                               "target", "met"], table)
     lines += ["", "`capture` = torch.export + canonicalization + metadata; it includes the export time shown "
-              "separately in the first column.", ""]
-    (out / "pipeline-cpu.md").write_text("\n".join(lines))
-    print(f"wrote {out / 'pipeline-cpu.json'} and {out / 'pipeline-cpu.md'}")
+              "separately in the first column."]
+    files = harness.write_results(args.out, SUITE, {"meta": meta, "results": rows}, lines)
+    files.append(harness.bar_chart(
+        args.out, SUITE, {step: {name: r["warm_median"][key] for name, r in rows.items()}
+                          for step, key in (("torch.export alone", "export_only_s"), ("capture", "capture_s"),
+                                            ("fold-bn + fuse", "fold_bn_fuse_s"), ("total", "total_s"))},
+        ylabel="seconds (median of warm runs)", title="capture + fold-bn + fuse on CPU",
+        reference=(TARGET_S, f"target {TARGET_S:.0f} s")))
+    print("wrote", ", ".join(map(str, files)))
     return 0
 
 

@@ -23,30 +23,15 @@ Target (issue 3): slimgraph <= 3 s end to end on the 2-core development machine.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
-from bench.prune_common import (
-    first_tensor,
-    hf_attention_heads,
-    hf_patch_heads,
-    human,
-    leaves,
-    load,
-    macs,
-    md_table,
-    median,
-    meta_lines,
-    param_count,
-    run_meta,
-    save_figure,
-    target_line,
-    tp_prune,
-    write_results,
-)
+from bench import harness
+from bench import prune_common as common
+
+SUITE = "prune-bert-base"  # results stem and scratch directory name
 
 TARGET_S = 3.0
 
@@ -70,20 +55,19 @@ def sg_prune(model, args, kwargs, check: bool):
 
 
 def tp_prune_bert(model, args, kwargs):
-    from bench.prune_common import args_kwargs_forward
-
     layers = model.encoder.layer
     ignored = [m for layer in layers for m in (layer.attention.output.dense, layer.output.dense)]
     ignored.append(model.pooler.dense)
-    pruner = tp_prune(model, (args, kwargs), ratio=0.5, ignored_layers=ignored, num_heads=hf_attention_heads(model),
-                      head_ratio=0.5, forward_fn=args_kwargs_forward,
-                      output_transform=lambda out: out.last_hidden_state.sum() + out.pooler_output.sum())
-    patched = hf_patch_heads(model)
+    pruner = common.tp_prune(model, (args, kwargs), ratio=0.5, ignored_layers=ignored,
+                             num_heads=common.hf_attention_heads(model), head_ratio=0.5,
+                             forward_fn=common.args_kwargs_forward,
+                             output_transform=lambda out: out.last_hidden_state.sum() + out.pooler_output.sum())
+    patched = common.hf_patch_heads(model)
     return pruner, patched
 
 
 def _time(fn) -> tuple[object, float, list[float]]:
-    load_before = load()
+    load_before = harness.load_average()
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start, load_before
@@ -94,13 +78,14 @@ def check_runs(model, args, kwargs, reference_shapes) -> dict:
     out = {}
     with torch.no_grad():
         y = model(*args, **kwargs)
-        out["output_shapes"] = [list(t.shape) for t in leaves(y)]
+        out["output_shapes"] = [list(t.shape) for t in common.leaves(y)]
         out["shapes_unchanged"] = out["output_shapes"] == reference_shapes
-        out["finite"] = all(torch.isfinite(t).all().item() for t in leaves(y) if t.is_floating_point())
+        out["finite"] = all(torch.isfinite(t).all().item() for t in common.leaves(y) if t.is_floating_point())
         ids = torch.randint(0, 30522, (3, 128), generator=torch.Generator().manual_seed(1))
         try:
             y3 = model(ids, attention_mask=torch.ones(3, 128, dtype=torch.long))
-            out["other_batch_ok"] = first_tensor(y3).shape[0] == 3 and bool(torch.isfinite(first_tensor(y3)).all())
+            first = common.first_tensor(y3)
+            out["other_batch_ok"] = first.shape[0] == 3 and bool(torch.isfinite(first).all())
         except Exception as exc:  # reported, not raised: the table says which tool's model fails
             out["other_batch_ok"] = False
             out["other_batch_error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -108,21 +93,20 @@ def check_runs(model, args, kwargs, reference_shapes) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: one warm repeat")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
-    meta = run_meta("bench.prune_bert_base", argv)
+    meta = common.run_meta("bench.prune_bert_base", argv)
     wall = time.perf_counter()
     import slimgraph as sg
     from slimgraph.ir.info import graph_info
 
     model, margs, kwargs = build()
     with torch.no_grad():
-        reference_shapes = [list(t.shape) for t in leaves(model(*margs, **kwargs))]
+        reference_shapes = [list(t.shape) for t in common.leaves(model(*margs, **kwargs))]
 
     runs: dict[str, list[dict]] = {"sg_check": [], "sg_nocheck": [], "export": [], "tp": []}
 
@@ -144,29 +128,31 @@ def main(argv: list[str] | None = None) -> int:
     print("cold:", {k: round(v, 2) for k, v in cold.items()}, flush=True)
     for i in range(args.repeats):
         gm, tp_model, patched = one_round()
-        print(f"repeat {i}: " + ", ".join(f"{k} {v[-1]['s']:.2f} s" for k, v in runs.items()) + f"; load {load()}",
-              flush=True)
+        print(f"repeat {i}: " + ", ".join(f"{k} {v[-1]['s']:.2f} s" for k, v in runs.items())
+              + f"; load {harness.load_average()}", flush=True)
 
     report = sg.prune_report(gm)
     sg_check = check_runs(gm, margs, kwargs, reference_shapes)
     tp_check = check_runs(tp_model, margs, kwargs, reference_shapes)
-    macs_before = macs(model, margs, kwargs)
-    med = {k: median([r["s"] for r in v]) for k, v in runs.items()}
-    med["sg_prune_pass"] = median([r["prune_pass_s"] for r in runs["sg_check"]])
+    macs_before = common.macs(model, margs, kwargs)
+    med = {k: common.median([r["s"] for r in v]) for k, v in runs.items()}
+    med["sg_prune_pass"] = common.median([r["prune_pass_s"] for r in runs["sg_check"]])
     heads_after = sorted({g.units_after for g in report.groups if g.kind == "heads"})
     ffn_after = sorted({g.units_after for g in report.groups if g.status == "pruned" and g.kind != "heads"})
     results = {
         "timings_s": {k: [r["s"] for r in v] for k, v in runs.items()},
         "load_before_each": {k: [r["load_before"] for r in v] for k, v in runs.items()},
         "median_s": med, "cold_s": cold,
-        "slimgraph": {"params_before": param_count(model), "params_after": param_count(gm),
+        "slimgraph": {"params_before": common.param_count(model), "params_after": common.param_count(gm),
                       "macs_before": macs_before, "macs_after": report.macs_after, "heads_after": heads_after,
                       "ffn_after": ffn_after, "groups_pruned": len(report.pruned),
                       "groups_unprunable": sum(g.status == "unprunable" for g in report.groups), **sg_check},
-        "torch_pruning": {"params_after": param_count(tp_model), "macs_after": macs(tp_model, margs, kwargs),
+        "torch_pruning": {"params_after": common.param_count(tp_model),
+                          "macs_after": common.macs(tp_model, margs, kwargs),
                           "patched_by_hand": patched[:2] + [f"... {len(patched)} modules"], **tp_check},
     }
-    meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, repeats=args.repeats,
+    harness.finish_metadata(meta, wall)
+    meta.update(repeats=args.repeats,
                 torch_threads=torch.get_num_threads())
     met = med["sg_check"] <= TARGET_S
     payload = {"meta": meta, "results": results,
@@ -178,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
 
     s, t = results["slimgraph"], results["torch_pruning"]
     md = [f"# Pruning BERT-base, heads + FFN at 0.5: time to prune ({'QUICK smoke run' if args.quick else 'full run'})",
-          "", *meta_lines(meta),
+          "", *harness.meta_lines(meta),
           f"- BertModel(BertConfig()), random weights, batch 2 x 128 tokens with attention mask; "
           f"default torch threads ({torch.get_num_threads()}); median of {args.repeats} warm repeats "
           "(min-max in brackets); cold = first call in the process", "",
-          *md_table(["tool / step", "median (min-max)", "cold"], [
+          *harness.md_table(["tool / step", "median (min-max)", "cold"], [
               ["slimgraph sg.prune end to end (capture + analysis + rewrite + numeric check)", spread("sg_check"),
                f"{cold['sg_check']:.2f} s"],
               ["slimgraph sg.prune, check=False", spread("sg_nocheck"), f"{cold['sg_nocheck']:.2f} s"],
@@ -190,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
               ["torch.export.export alone (reference)", spread("export"), f"{cold['export']:.2f} s"],
               ["Torch-Pruning MetaPruner + step + head patch", spread("tp"), f"{cold['tp']:.2f} s"],
           ]), "",
-          *md_table(["result", "params", "MACs (batch 2 x 128)", "heads / layer", "FFN / layer", "output shapes kept",
-                     "finite", "runs at batch 3"], [
-              ["unpruned", human(s["params_before"]), human(macs_before), "12", "3072", "-", "-", "-"],
-              ["slimgraph", human(s["params_after"]), human(s["macs_after"]), ",".join(map(str, heads_after)),
-               ",".join(map(str, ffn_after)), s["shapes_unchanged"], s["finite"], s["other_batch_ok"]],
-              ["Torch-Pruning", human(t["params_after"]), human(t["macs_after"]) if t["macs_after"] else "n/a",
+          *harness.md_table(["result", "params", "MACs (batch 2 x 128)", "heads / layer", "FFN / layer",
+                             "output shapes kept", "finite", "runs at batch 3"], [
+              ["unpruned", harness.human(s["params_before"]), harness.human(macs_before), "12", "3072", "-", "-", "-"],
+              ["slimgraph", harness.human(s["params_after"]), harness.human(s["macs_after"]),
+               ",".join(map(str, heads_after)), ",".join(map(str, ffn_after)), s["shapes_unchanged"], s["finite"],
+               s["other_batch_ok"]],
+              ["Torch-Pruning", harness.human(t["params_after"]),
+               harness.human(t["macs_after"]) if t["macs_after"] else "n/a",
                str(tp_model.encoder.layer[0].attention.self.num_attention_heads),
                str(tp_model.encoder.layer[0].intermediate.dense.out_features), t["shapes_unchanged"], t["finite"],
                t["other_batch_ok"]],
@@ -203,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
           f"Load average before each timed call (1-min): slimgraph {[r['load_before'][0] for r in runs['sg_check']]}, "
           f"Torch-Pruning {[r['load_before'][0] for r in runs['tp']]}.", "",
           "## Targets", "",
-          target_line("slimgraph sg.prune(BERT-base, ratio=0.5) end to end", f"{med['sg_check']:.2f} s (median)",
-                      f"<= {TARGET_S:.0f} s", met),
+          harness.target_line("slimgraph sg.prune(BERT-base, ratio=0.5) end to end",
+                              f"{med['sg_check']:.2f} s (median)", f"<= {TARGET_S:.0f} s", met),
           f"- for reference: Torch-Pruning {med['tp']:.2f} s in the same run (issue: 'about 1 s here')", ""]
-    files = write_results(args.out, "prune-bert-base", payload, md)
+    files = harness.write_results(args.out, SUITE, payload, md)
     files.append(_plot(args.out, runs, med))
     print("\n".join(md))
     print("wrote", ", ".join(map(str, files)))
@@ -232,7 +220,7 @@ def _plot(out, runs, med):
     ax.set_ylabel("seconds (median, dots = repeats)")
     ax.set_title("Pruning BERT-base heads + FFN at 0.5, CPU")
     ax.legend(fontsize=8)
-    return save_figure(fig, out, "prune-bert-base")
+    return harness.save_figure(fig, out, SUITE)
 
 
 if __name__ == "__main__":

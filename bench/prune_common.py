@@ -1,4 +1,5 @@
-"""Helpers shared by the pruning benchmarks: run metadata, result files, timing, and Torch-Pruning adapters.
+"""Helpers shared by the pruning benchmarks: measurement helpers and Torch-Pruning adapters (run metadata and
+result files come from :mod:`bench.harness`).
 
 Torch-Pruning (``torch_pruning``) is installed in the bench environment only, never a slimgraph dependency:
 everything that touches it imports it lazily, here, so the slimgraph side of each benchmark runs without it.
@@ -6,79 +7,34 @@ everything that touches it imports it lazily, here, so the slimgraph side of eac
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from bench.harness import save_figure, write_results  # noqa: F401 - re-exported for the prune benches
-from bench.run_meta import describe_commit
+# the prune benches' metadata and writers are the harness's (re-exported: several scripts import them from here)
+from bench.harness import (  # noqa: F401
+    human,
+    md_table,
+    meta_lines,
+    run_metadata,
+    save_figure,
+    target_line,
+    version,
+    write_results,
+)
+from bench.harness import load_average as load  # noqa: F401
 
 # ----------------------------------------------------------------------------------------- run metadata
 
 
-def _version(module: str) -> str:
-    try:
-        return __import__(module).__version__
-    except Exception:  # not installed, or a broken install: say so in the result instead of failing the run
-        return "not installed"
-
-
-def load() -> list[float]:
-    """1/5/15-minute load averages, rounded; the machine is shared, so every result records them."""
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def run_meta(module: str, argv: list[str] | None) -> dict[str, Any]:
-    argv = sys.argv[1:] if argv is None else argv
-    return {
-        "command": " ".join(["python -m", module, *argv]),
-        "commit": describe_commit(),
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "torch_pruning": _version("torch_pruning"),
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), {os.cpu_count()} cores",
-        "torch_threads_default": torch.get_num_threads(),
-        "load_at_start": load(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def meta_lines(meta: dict[str, Any]) -> list[str]:
-    return [
-        f"- command: `{meta['command']}`",
-        f"- commit {meta['commit']}; torch {meta['torch']}, transformers {meta['transformers']}, "
-        f"torch-pruning {meta['torch_pruning']}, python {meta['python']}",
-        f"- machine: {meta['machine']}; load average (1/5/15 min) at start {meta['load_at_start']}, "
-        f"at end {meta.get('load_at_end')} (shared machine: timings are noisy when load > cores)",
-        f"- wall time of the whole run: {meta.get('wall_s', float('nan')):.0f} s",
-    ]
-
-
-def target_line(name: str, measured: str, target: str, met: bool | None) -> str:
-    verdict = "met" if met else ("n/a" if met is None else "MISSED")
-    return f"- target {name}: measured {measured} vs target {target} -> {verdict}"
-
-
-def md_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def human(n: float) -> str:
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f}{suffix}"
-    return f"{n:.0f}"
+    """The harness's run metadata plus the Torch-Pruning version the side-by-side runs used."""
+    return run_metadata(module, argv, torch_pruning=version("torch_pruning") or "not installed")
 
 
 # ------------------------------------------------------------------------------------------ measurement

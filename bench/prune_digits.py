@@ -17,7 +17,6 @@ fewer MACs.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -25,22 +24,10 @@ import time
 
 import torch
 
-from bench.prune_common import (
-    EvalModeForward,
-    human,
-    load,
-    macs,
-    md_table,
-    median,
-    meta_lines,
-    param_count,
-    run_meta,
-    save_figure,
-    target_line,
-    timed,
-    tp_prune,
-    write_results,
-)
+from bench import harness
+from bench import prune_common as common
+
+SUITE = "prune-digits"  # results stem and scratch directory name
 
 TARGET_POINTS = 1.0
 TARGET_MACS_DROP = 0.5
@@ -58,8 +45,7 @@ def labelled_batches(x, y, batch_size: int, epochs: int, seed: int = 0) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps, one seed, one repeat")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=400)
@@ -74,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.repeats = 30, 1, 1
-    meta = run_meta("bench.prune_digits", argv)
+    meta = common.run_meta("bench.prune_digits", argv)
     wall = time.perf_counter()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("SLIMGRAPH_CACHE", "/tmp/slimgraph-bench-cache")
@@ -91,16 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     batches_by_seed = [labelled_batches(x_train, y_train, args.batch_size, epochs, seed=s) for s in range(args.seeds)]
     batches = batches_by_seed[0]
     teacher_acc = accuracy(teacher, x_test, y_test)
-    macs_teacher = macs(teacher, one)
+    macs_teacher = common.macs(teacher, one)
 
     # ---- prune: slimgraph (end to end: capture + analysis + rewrite + numeric check) and Torch-Pruning
     sg_times, tp_times = [], []
     for _ in range(args.repeats):
-        sg_pruned, t = timed(lambda: sg.prune(teacher, example, ratio=args.ratio, importance="l2", round_to=8))
+        sg_pruned, t = common.timed(lambda: sg.prune(teacher, example, ratio=args.ratio, importance="l2", round_to=8))
         sg_times.append(t)
         tp_model = copy.deepcopy(teacher)
         start = time.perf_counter()
-        tp_prune(tp_model, example[0], ratio=args.ratio, ignored_layers=[tp_model.fc2], round_to=8)
+        common.tp_prune(tp_model, example[0], ratio=args.ratio, ignored_layers=[tp_model.fc2], round_to=8)
         tp_times.append(time.perf_counter() - start)
     report = sg.prune_report(sg_pruned)
     widths = {
@@ -109,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                           for n in ("conv1", "conv2", "conv3", "fc1", "fc2")},
     }
     rows = {
-        "teacher": {"params": param_count(teacher), "macs": macs_teacher, "accuracy": teacher_acc},
-        "slimgraph": {"params": param_count(sg_pruned), "macs": macs(sg_pruned, one),
+        "teacher": {"params": common.param_count(teacher), "macs": macs_teacher, "accuracy": teacher_acc},
+        "slimgraph": {"params": common.param_count(sg_pruned), "macs": common.macs(sg_pruned, one),
                       "accuracy_pruned": accuracy(sg_pruned, x_test, y_test),
-                      "prune_s_median": median(sg_times), "prune_s_all": sg_times},
-        "torch_pruning": {"params": param_count(tp_model), "macs": macs(tp_model, one),
+                      "prune_s_median": common.median(sg_times), "prune_s_all": sg_times},
+        "torch_pruning": {"params": common.param_count(tp_model), "macs": common.macs(tp_model, one),
                           "accuracy_pruned": accuracy(tp_model, x_test, y_test),
-                          "prune_s_median": median(tp_times), "prune_s_all": tp_times},
+                          "prune_s_median": common.median(tp_times), "prune_s_all": tp_times},
     }
     print(report.table())
 
@@ -126,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         data = batches_by_seed[seed]
         s = sg.distill(sg_pruned, teacher, data, seed=seed, **distill_kw)
         runs["slimgraph"].append(accuracy(s, x_test, y_test))
-        t = sg.distill(EvalModeForward(tp_model), teacher, data, seed=seed, **distill_kw).module
+        t = sg.distill(common.EvalModeForward(tp_model), teacher, data, seed=seed, **distill_kw).module
         runs["torch_pruning"].append(accuracy(t, x_test, y_test))
         t = sg.distill(tp_model, teacher, data, seed=seed, **distill_kw)
         runs["torch_pruning_bn_train"].append(accuracy(t, x_test, y_test))
@@ -149,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                               "accuracy_distilled": accuracy(d, x_test, y_test)}
             print(f"importance {crit}: {criteria[crit]}", flush=True)
 
-    meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, threads=args.threads)
+    harness.finish_metadata(meta, wall)
+    meta.update(threads=args.threads)
     sg_row, tp_row = rows["slimgraph"], rows["torch_pruning"]
     drop = 1 - sg_row["macs"] / macs_teacher
     gap = teacher_acc - sg_row["accuracy_distilled_mean"]
@@ -165,21 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         each = ", ".join(f"{a:.2f}" for a in r["accuracy_distilled_each_seed"])
         return f"{r['accuracy_distilled_mean']:.2f}% ({each})"
 
-    table = md_table(
+    table = harness.md_table(
         ["model", "params", "MACs / image", "top-1 after pruning",
          f"top-1 after distillation (mean; seeds {args.seeds})", "time to prune (median)"],
-        [["teacher (DigitsCNN)", human(rows["teacher"]["params"]), human(macs_teacher), f"{teacher_acc:.2f}%", "-",
-          "-"],
-         [f"slimgraph ratio {args.ratio}", human(sg_row["params"]), f"{human(sg_row['macs'])} "
+        [["teacher (DigitsCNN)", harness.human(rows["teacher"]["params"]), harness.human(macs_teacher),
+          f"{teacher_acc:.2f}%", "-", "-"],
+         [f"slimgraph ratio {args.ratio}", harness.human(sg_row["params"]), f"{harness.human(sg_row['macs'])} "
           f"({sg_row['macs'] / macs_teacher:.1%})", f"{sg_row['accuracy_pruned']:.2f}%", acc_cell(sg_row),
           f"{sg_row['prune_s_median']:.2f} s"],
-         [f"Torch-Pruning ratio {args.ratio} (BN frozen in distillation, as slimgraph)", human(tp_row["params"]),
-          f"{human(tp_row['macs'])} ({tp_row['macs'] / macs_teacher:.1%})" if tp_row["macs"] else "n/a",
+         [f"Torch-Pruning ratio {args.ratio} (BN frozen in distillation, as slimgraph)",
+          harness.human(tp_row["params"]),
+          f"{harness.human(tp_row['macs'])} ({tp_row['macs'] / macs_teacher:.1%})" if tp_row["macs"] else "n/a",
           f"{tp_row['accuracy_pruned']:.2f}%", acc_cell(tp_row), f"{tp_row['prune_s_median']:.3f} s"],
          ["Torch-Pruning, BN in train mode during distillation", "same", "same", "same",
           acc_cell(rows["torch_pruning_bn_train"]), "same"]])
     md = [f"# Pruning the digits CNN: slimgraph vs Torch-Pruning ({'QUICK smoke run' if args.quick else 'full run'})",
-          "", *meta_lines(meta),
+          "", *harness.meta_lines(meta),
           f"- settings: {settings}; distillation: sg.distill(KD at T={args.temperature} + CE, alpha={args.alpha}, "
           f"AdamW lr={args.lr}, {args.steps} steps of batch {args.batch_size}), train split only; accuracy on the "
           f"{len(x_test)}-image test split", "", *table, "",
@@ -190,16 +178,16 @@ def main(argv: list[str] | None = None) -> int:
           "nn.Module it edits in place.", ""]
     if criteria:
         md += ["slimgraph importance criteria (same ratio, same distillation, seed 0):", "",
-               *md_table(["importance", "top-1 after pruning", "top-1 after distillation"],
+               *harness.md_table(["importance", "top-1 after pruning", "top-1 after distillation"],
                          [[k, f"{v['accuracy_pruned']:.2f}%", f"{v['accuracy_distilled']:.2f}%"]
                           for k, v in criteria.items()]), ""]
     md += ["## Targets", "",
-           target_line("MACs reduction (slimgraph)", f"{drop:.1%} fewer", f">= {TARGET_MACS_DROP:.0%} fewer",
+           harness.target_line("MACs reduction (slimgraph)", f"{drop:.1%} fewer", f">= {TARGET_MACS_DROP:.0%} fewer",
                        drop >= TARGET_MACS_DROP),
-           target_line("accuracy after distillation (slimgraph, mean of seeds)",
+           harness.target_line("accuracy after distillation (slimgraph, mean of seeds)",
                        f"{sg_row['accuracy_distilled_mean']:.2f}% vs teacher {teacher_acc:.2f}% ({gap:+.2f} points "
                        "below)", f"<= {TARGET_POINTS:.0f} point below", gap <= TARGET_POINTS), ""]
-    files = write_results(args.out, "prune-digits", payload, md)
+    files = harness.write_results(args.out, SUITE, payload, md)
     files.append(_plot(args.out, rows, teacher_acc, args.ratio))
     print("\n".join(md))
     print("wrote", ", ".join(map(str, files)))
@@ -229,7 +217,7 @@ def _plot(out, rows, teacher_acc, ratio):
     ax.set_ylim(0, 105)
     ax.set_title(f"digits CNN, ratio {ratio}")
     ax.legend(loc="lower right", fontsize=8)
-    return save_figure(fig, out, "prune-digits")
+    return harness.save_figure(fig, out, SUITE)
 
 
 if __name__ == "__main__":

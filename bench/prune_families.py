@@ -43,20 +43,10 @@ import traceback
 import torch
 import torch.nn as nn
 
-from bench.prune_common import (
-    args_kwargs_forward,
-    hf_attention_heads,
-    hf_patch_heads,
-    leaves,
-    load,
-    md_table,
-    meta_lines,
-    param_count,
-    run_meta,
-    sum_of_outputs,
-    tp_prune,
-    write_results,
-)
+from bench import harness
+from bench import prune_common as common
+
+SUITE = "prune-families"  # results stem and scratch directory name
 
 HAND_WRITTEN_OUTPUT_LAYERS = {"mlp": "fc3", "residual_cnn": "fc", "concat_cnn": "head", "mobile_block_cnn": "fc",
                               "shuffle_cnn": "fc", "flatten_cnn": "fc2", "transposed_conv": "out", "digits-cnn": "fc2"}
@@ -104,16 +94,16 @@ def checks(model, args, kwargs, reference_shapes) -> dict:
     out: dict = {}
     with torch.no_grad():
         y = model(*args, **kwargs)
-        shapes = [list(t.shape) for t in leaves(y)]
+        shapes = [list(t.shape) for t in common.leaves(y)]
         out["shapes_unchanged"] = shapes == reference_shapes
         if not out["shapes_unchanged"]:
             out["shape_change"] = f"{reference_shapes} -> {shapes}"[:300]
-        out["finite"] = all(bool(torch.isfinite(t).all()) for t in leaves(y) if t.is_floating_point())
+        out["finite"] = all(bool(torch.isfinite(t).all()) for t in common.leaves(y) if t.is_floating_point())
         a2, k2 = bigger_batch(args, kwargs)
         try:
             y2 = model(*a2, **k2)
-            out["other_batch_ok"] = all(bool(torch.isfinite(t).all()) for t in leaves(y2) if t.is_floating_point()) \
-                and leaves(y2)[0].shape[0] == leaves(y)[0].shape[0] + 1
+            finite = all(bool(torch.isfinite(t).all()) for t in common.leaves(y2) if t.is_floating_point())
+            out["other_batch_ok"] = finite and common.leaves(y2)[0].shape[0] == common.leaves(y)[0].shape[0] + 1
         except Exception as exc:  # the point of the column: report, don't raise
             out["other_batch_ok"] = False
             out["other_batch_error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -130,7 +120,7 @@ def worker(tool: str, names: list[str]) -> list[dict]:
     if tool == "slimgraph":
         sg.prune(wm, wa, ratio=0.5, example_kwargs=wk)
     else:
-        tp_prune(wm, wa[0], ratio=0.5, ignored_layers=[wm.fc3])
+        common.tp_prune(wm, wa[0], ratio=0.5, ignored_layers=[wm.fc3])
     return [_one(tool, name, sg) for name in names]
 
 
@@ -138,8 +128,8 @@ def _one(tool: str, name: str, sg) -> dict:
     res: dict = {"tool": tool, "model": name}
     model, args, kwargs = build(name)
     with torch.no_grad():
-        reference_shapes = [list(t.shape) for t in leaves(model(*args, **kwargs))]
-    res["params_before"] = param_count(model)
+        reference_shapes = [list(t.shape) for t in common.leaves(model(*args, **kwargs))]
+    res["params_before"] = common.param_count(model)
     try:
         start = time.perf_counter()
         if tool == "slimgraph":
@@ -150,24 +140,25 @@ def _one(tool: str, name: str, sg) -> dict:
                              for s in ("pruned", "kept", "unprunable", "ignored")}
             res["unprunable_reasons"] = sorted({g.reason for g in report.groups if g.status == "unprunable"})[:4]
             exact = sg.prune(model, args, ratio=0.5, round_to=1, example_kwargs=kwargs, check=False)
-            res["params_after_round_to_1"] = param_count(exact)
+            res["params_after_round_to_1"] = common.param_count(exact)
         else:
             pruned = copy.deepcopy(model)
             ignored = [pruned.get_submodule(n) for n in output_layers(name, pruned)]
-            heads = hf_attention_heads(pruned)
+            heads = common.hf_attention_heads(pruned)
             res["ignored_layers"] = output_layers(name, pruned)
             res["num_heads_given"] = len(heads)
-            tp_prune(pruned, (args, kwargs), ratio=0.5, ignored_layers=ignored, num_heads=heads, head_ratio=0.5,
-                     forward_fn=args_kwargs_forward, output_transform=sum_of_outputs)
+            common.tp_prune(pruned, (args, kwargs), ratio=0.5, ignored_layers=ignored, num_heads=heads, head_ratio=0.5,
+                     forward_fn=common.args_kwargs_forward,
+                            output_transform=common.sum_of_outputs)
             res["prune_s"] = time.perf_counter() - start
-            res["patched_by_hand"] = len(hf_patch_heads(pruned))
+            res["patched_by_hand"] = len(common.hf_patch_heads(pruned))
         res["ran"] = True
     except Exception as exc:  # the table reports failures; the traceback tail says where
         res["ran"] = False
         res["error"] = f"{type(exc).__name__}: {exc}"[:400]
         res["traceback_tail"] = traceback.format_exc().strip().splitlines()[-3:]
         return res
-    res["params_after"] = param_count(pruned)
+    res["params_after"] = common.param_count(pruned)
     try:
         res.update(checks(pruned, args, kwargs, reference_shapes))
     except Exception as exc:
@@ -230,18 +221,18 @@ def shuffle_check() -> dict:
     exact = _exact_shuffle_prune(model, dead)
     with torch.no_grad():
         out["hand_exact_rel_error"] = _rel(exact(x), ref)
-    out["hand_exact_params"] = param_count(exact)
+    out["hand_exact_params"] = common.param_count(exact)
 
     p = sg.prune(model, args, ratio=0.5, round_to=1)
     report = sg.prune_report(p)
     with torch.no_grad():
-        out["slimgraph"] = {"rel_error": _rel(p(x), ref), "params_after": param_count(p),
+        out["slimgraph"] = {"rel_error": _rel(p(x), ref), "params_after": common.param_count(p),
                             "groups": [f"{g.name}: {g.units_before}->{g.units_after} units ({g.status}"
                                        f"{', ' + g.reason if g.reason else ''})" for g in report.groups]}
     t = copy.deepcopy(model)
-    tp_prune(t, args[0], ratio=0.5, ignored_layers=[t.fc])
+    common.tp_prune(t, args[0], ratio=0.5, ignored_layers=[t.fc])
     with torch.no_grad():
-        out["torch_pruning_metapruner"] = {"rel_error": _rel(t(x), ref), "params_after": param_count(t),
+        out["torch_pruning_metapruner"] = {"rel_error": _rel(t(x), ref), "params_after": common.param_count(t),
                                            "widths": {n: m.out_channels for n, m in t.named_modules()
                                                       if isinstance(m, nn.Conv2d)}}
     t2 = copy.deepcopy(model)
@@ -357,8 +348,7 @@ def _yn(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--quick", action="store_true", help="smoke run: three models")
     parser.add_argument("--timeout", type=float, default=45.0, help="seconds per model and attempt")
     parser.add_argument("--models", default="", help="comma-separated subset")
@@ -369,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(res, default=str))
         return 0
 
-    meta = run_meta("bench.prune_families", argv)
+    meta = common.run_meta("bench.prune_families", argv)
     wall = time.perf_counter()
     names = [n for n in args.models.split(",") if n] or model_names()
     if args.quick:
@@ -383,11 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{res['model']:>16} {res['tool']:>13}: ran={res.get('ran')} shapes={res.get('shapes_unchanged')} "
               f"batch+1={res.get('other_batch_ok')} params {res.get('params_before')}->{res.get('params_after')} "
               f"{res.get('prune_s', float('nan')):.2f}s {res.get('error', '')}", flush=True)
-    meta["load_after_pruning"] = load()
+    meta["load_after_pruning"] = harness.load_average()
     shuffle = run_worker("shuffle", ["shuffle_cnn"], args.timeout)[0]
     print("shuffle:", json.dumps(shuffle, default=str)[:1500], flush=True)
 
-    meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, torch_threads=1)
+    harness.finish_metadata(meta, wall)
+    meta.update(torch_threads=1)
     by = {(r["model"], r["tool"]): r for r in rows}
 
     def cell(r, key):
@@ -419,10 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                          and by[(n, tool)].get("params_after", 1e18) < by[(n, tool)].get("params_before", 0))
                for tool in ("slimgraph", "torch_pruning")}
     md = [f"# Which architectures each pruner handles at ratio 0.5 ({'QUICK smoke run' if args.quick else 'full run'})",
-          "", *meta_lines(meta),
+          "", *harness.meta_lines(meta),
           "- 1 torch thread; each Torch-Pruning attempt in its own subprocess with a timeout of "
           f"{args.timeout:.0f} s, slimgraph in one subprocess; untimed warm-up prune of the zoo MLP first", "",
-          *md_table(["model", "tool", "ran", "output shapes kept", "finite", "runs at batch+1",
+          *harness.md_table(["model", "tool", "ran", "output shapes kept", "finite", "runs at batch+1",
                      "params before -> after", "time to prune", "groups / settings", "error or note"], table_rows), "",
           f"Handled (ran, shapes kept, finite, runs at another batch size, fewer parameters): slimgraph "
           f"{handled['slimgraph']}/{len(names)}, Torch-Pruning {handled['torch_pruning']}/{len(names)}.",
@@ -438,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{shuffle['planted']['g1_dead']}, which the shuffle sends to dw channels "
                f"{shuffle['planted']['dw_dead_after_shuffle']}. Max |output difference| / max |output| on 5 new "
                "inputs:", "",
-               *md_table(["pruning of the planted model", "relative output error", "params after"], [
+               *harness.md_table(["pruning of the planted model", "relative output error", "params after"], [
                    ["by hand, exactly the planted units (proves a lossless result exists)",
                     f"{shuffle['hand_exact_rel_error']:.1e}", shuffle["hand_exact_params"]],
                    ["slimgraph sg.prune(ratio=0.5, round_to=1)", f"{sgr['rel_error']:.1e}", sgr["params_after"]],
@@ -452,10 +443,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         md += ["## Channel shuffle with planted dead units", "", f"check failed: {shuffle.get('error')}", ""]
     payload = {"meta": meta, "results": rows, "handled": handled, "shuffle": shuffle}
-    files = write_results(args.out, "prune-families", payload, md)
+    files = harness.write_results(args.out, SUITE, payload, md)
+    files.append(_plot(args.out, names, by))
     print("\n".join(md))
     print("wrote", ", ".join(map(str, files)))
     return 0
+
+
+def _plot(out, names: list[str], by: dict):
+    """Fraction of parameters kept per model and tool; a model the tool did not handle has no bar."""
+    def kept(r):
+        handled = r.get("ran") and r.get("shapes_unchanged") and r.get("finite") and r.get("other_batch_ok")
+        return r["params_after"] / r["params_before"] if handled and r.get("params_after") else None
+
+    series = {label: {n: v for n in names if (v := kept(by[(n, tool)])) is not None}
+              for tool, label in (("slimgraph", "slimgraph"), ("torch_pruning", "Torch-Pruning"))}
+    return harness.bar_chart(out, SUITE, series, ylabel="parameters kept (fraction; no bar = not handled)",
+                             title="ratio 0.5 on each architecture: what each pruner handled")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ after distillation. ``--sweep`` runs slimgraph's distillation for a few settings
 
 from __future__ import annotations
 
-import argparse
 import copy
 import random
 import statistics
@@ -51,25 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.prune_common import (
-    CachedTeacher,
-    EvalModeForward,
-    hf_attention_heads,
-    hf_patch_heads,
-    human,
-    load,
-    macs,
-    md_table,
-    median,
-    meta_lines,
-    param_count,
-    run_meta,
-    save_figure,
-    target_line,
-    timed,
-    tp_prune,
-    write_results,
-)
+from bench import harness
+from bench import prune_common as common
+
+SUITE = "prune-minilm"  # results stem and scratch directory name
 
 TARGET_COSINE = 0.95
 HEAD_RATIO = 0.25
@@ -137,9 +121,9 @@ def tp_prune_minilm(encoder: nn.Module, example):
     bert = encoder.encoder
     ignored = [m for layer in bert.encoder.layer for m in (layer.attention.output.dense, layer.output.dense)]
     ignored.append(bert.pooler.dense)
-    pruner = tp_prune(encoder, example, ratio=FFN_RATIO, ignored_layers=ignored, num_heads=hf_attention_heads(encoder),
-                      head_ratio=HEAD_RATIO)
-    return pruner, hf_patch_heads(encoder)
+    pruner = common.tp_prune(encoder, example, ratio=FFN_RATIO, ignored_layers=ignored,
+                             num_heads=common.hf_attention_heads(encoder), head_ratio=HEAD_RATIO)
+    return pruner, common.hf_patch_heads(encoder)
 
 
 def distill_sg(pruned_plain, teacher, teacher_cache, batches, example, setting):
@@ -153,7 +137,7 @@ def distill_sg(pruned_plain, teacher, teacher_cache, batches, example, setting):
         raise AssertionError("the hidden-state twin was pruned differently from the plain encoder")
     # wrapped like the Torch-Pruning student, so sg.distill takes the same path for both (the hidden states are
     # the twin's outputs; sg.distill's own LayerNorm tapping of graph students is not used here)
-    wrapper = sg.distill(EvalModeForward(twin), teacher_cache, batches, steps=steps, temperature=1.0, alpha=1.0,
+    wrapper = sg.distill(common.EvalModeForward(twin), teacher_cache, batches, steps=steps, temperature=1.0, alpha=1.0,
                          output_loss="cosine", hidden_weight=hidden_weight, lr=lr, progress=False, seed=0)
     trained = wrapper.module
     trained.distill_history = wrapper.distill_history
@@ -172,30 +156,26 @@ def distill_tp(tp_encoder, teacher_cache, batches, setting):
     from slimgraph.demos.minilm import SentenceEncoder
 
     steps, lr, hidden_weight = setting
-    trained = sg.distill(EvalModeForward(EncoderWithHidden(tp_encoder)), teacher_cache, batches, steps=steps,
+    trained = sg.distill(common.EvalModeForward(EncoderWithHidden(tp_encoder)), teacher_cache, batches, steps=steps,
                          temperature=1.0, alpha=1.0, output_loss="cosine", hidden_weight=hidden_weight, lr=lr,
                          progress=False, seed=0)
     return SentenceEncoder(trained.module.encoder).eval(), trained.distill_history
 
 
 def latencies(models: dict[str, nn.Module], batch, rounds: int, threads: int) -> dict[str, dict]:
-    from slimgraph.measure import latency_ms
-
+    """The harness's interleaved timing at ``threads`` torch threads: median and IQR per model."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    res: dict[str, list[float]] = {k: [] for k in models}
     try:
-        for _ in range(rounds):  # interleaved, so a burst of load from elsewhere hits every model
-            for name, model in models.items():
-                res[name].append(latency_ms(model, batch, iters=10, warmup=2, max_seconds=8.0))
+        run = harness.time_variants({k: (lambda m=m: m(*batch)) for k, m in models.items()}, warmup=2,
+                                    rounds=rounds, min_rounds=min(rounds, 3), max_seconds=8.0 * rounds)
     finally:
         torch.set_num_threads(before)
-    return {k: {"median_ms": median(v), "rounds_ms": v} for k, v in res.items()}
+    return {k: run[k].as_dict() for k in models}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, one latency round")
     parser.add_argument("--sweep", action="store_true", help="record slimgraph's distillation at several settings")
     parser.add_argument("--steps", type=int, default=600)
@@ -203,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden-weight", type=float, default=5.0)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--latency-rounds", type=int, default=3)
+    parser.add_argument("--latency-rounds", type=int, default=10, help="interleaved timing rounds (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for pruning/distillation/evaluation")
     parser.add_argument("--importance", default="l2",
                         help="slimgraph importance criterion; data-driven ones (act, taylor) calibrate on 4 batches "
@@ -222,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.latency_rounds = 10, 1
-    meta = run_meta("bench.prune_minilm", argv)
+    meta = common.run_meta("bench.prune_minilm", argv)
     wall = time.perf_counter()
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -259,17 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         teacher_cache, cache_s = EncoderWithHidden(teacher).eval(), 0.0
         print(f"{len(text)} training texts in {len(batches)} batches; teacher run live", flush=True)
     else:
-        teacher_cache, cache_s = timed(lambda: CachedTeacher(EncoderWithHidden(teacher), batches))
+        teacher_cache, cache_s = common.timed(lambda: common.CachedTeacher(EncoderWithHidden(teacher), batches))
         print(f"{len(text)} training texts in {len(batches)} batches; teacher outputs cached in {cache_s:.0f} s",
               flush=True)
 
     # ---- slimgraph
-    sg_pruned, sg_prune_s = timed(lambda: sg_prune(teacher, example))
+    sg_pruned, sg_prune_s = common.timed(lambda: sg_prune(teacher, example))
     report = sg.prune_report(sg_pruned)
     sg_before = evaluate(sg_pruned)
     print("slimgraph pruned:", sg_before, f"({sg_prune_s:.1f} s)", flush=True)
-    (sg_final, sg_hist), sg_distill_s = timed(lambda: distill_sg(sg_pruned, teacher, teacher_cache, batches, example,
-                                                                 setting))
+    (sg_final, sg_hist), sg_distill_s = common.timed(
+        lambda: distill_sg(sg_pruned, teacher, teacher_cache, batches, example, setting))
     sg_after = evaluate(sg_final)
     print("slimgraph distilled:", sg_after, f"({sg_distill_s:.0f} s)", flush=True)
 
@@ -279,13 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.skip_torch_pruning:
             raise RuntimeError("skipped (--skip-torch-pruning)")
-        (_, patched), tp_prune_s = timed(lambda: tp_prune_minilm(tp_model, example))
+        (_, patched), tp_prune_s = common.timed(lambda: tp_prune_minilm(tp_model, example))
         tp_row.update(ran=True, prune_s=tp_prune_s, patched_by_hand=patched)
         tp_row["before"] = evaluate(tp_model)
         print("Torch-Pruning pruned:", tp_row["before"], f"({tp_prune_s:.1f} s)", flush=True)
-        (tp_final, tp_hist), tp_distill_s = timed(lambda: distill_tp(tp_model, teacher_cache, batches, setting))
+        (tp_final, tp_hist), tp_distill_s = common.timed(lambda: distill_tp(tp_model, teacher_cache, batches, setting))
         tp_row.update(after=evaluate(tp_final), distill_s=tp_distill_s, final_loss=tp_hist.losses[-1],
-                      params=param_count(tp_final), macs=macs(tp_final, example),
+                      params=common.param_count(tp_final), macs=common.macs(tp_final, example),
                       heads=[lay.attention.self.num_attention_heads for lay in tp_final.encoder.encoder.layer],
                       ffn=[lay.intermediate.dense.out_features for lay in tp_final.encoder.encoder.layer])
         print("Torch-Pruning distilled:", tp_row["after"], flush=True)
@@ -301,22 +281,23 @@ def main(argv: list[str] | None = None) -> int:
     if tp_final is not None:
         lat_models["torch_pruning"] = tp_final
     lat = {"default_threads": latencies(lat_models, heldout[0], args.latency_rounds, default_threads),
-           "1_thread": latencies(lat_models, heldout[0], 1, 1)}
+           "1_thread": latencies(lat_models, heldout[0], max(3, args.latency_rounds // 3), 1)}
     torch.set_num_threads(args.threads)
 
     heads = sorted({g.units_after for g in report.groups if g.kind == "heads"})
     ffn = sorted({g.units_after for g in report.groups if g.kind != "heads" and g.status == "pruned"
                   and "intermediate" in g.name})
     rows = {
-        "unpruned": {"params": param_count(teacher), "macs": macs(teacher, example)},
-        "slimgraph": {"params": param_count(sg_final), "macs": report.macs_after, "prune_s": sg_prune_s,
+        "unpruned": {"params": common.param_count(teacher), "macs": common.macs(teacher, example)},
+        "slimgraph": {"params": common.param_count(sg_final), "macs": report.macs_after, "prune_s": sg_prune_s,
                       "before": sg_before, "after": sg_after, "distill_s": sg_distill_s,
                       "final_loss": sg_hist.losses[-1], "heads": heads, "ffn": ffn,
                       "groups": [vars(g) for g in report.groups]},
         "torch_pruning": tp_row,
     }
     met = sg_after["cosine_mean"] >= TARGET_COSINE
-    meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, threads=args.threads,
+    harness.finish_metadata(meta, wall)
+    meta.update(threads=args.threads,
                 teacher_cache_s=cache_s)
     settings = {"importance": args.importance, "reconstruct": args.reconstruct,
                 "calib_sentences": n_calib if "calib" in PRUNE_OPTIONS else 0, "steps": args.steps, "lr": args.lr,
@@ -337,13 +318,15 @@ def main(argv: list[str] | None = None) -> int:
 
     u = rows["unpruned"]
     table = [
-        ["unpruned all-MiniLM-L6-v2", human(u["params"]), human(u["macs"]), "12", "1536", "1 / 1", "-",
+        ["unpruned all-MiniLM-L6-v2", harness.human(u["params"]), harness.human(u["macs"]), "12", "1536", "1 / 1", "-",
          lat_cell("unpruned"), "-"],
-        ["slimgraph", human(rows["slimgraph"]["params"]), human(report.macs_after), ",".join(map(str, heads)),
-         ",".join(map(str, ffn)), cos(sg_before), cos(sg_after), lat_cell("slimgraph"), f"{sg_prune_s:.1f} s"],
+        ["slimgraph", harness.human(rows["slimgraph"]["params"]), harness.human(report.macs_after),
+         ",".join(map(str, heads)), ",".join(map(str, ffn)), cos(sg_before), cos(sg_after), lat_cell("slimgraph"),
+         f"{sg_prune_s:.1f} s"],
     ]
     if tp_row.get("ran") and tp_final is not None:
-        table.append(["Torch-Pruning", human(tp_row["params"]), human(tp_row["macs"]) if tp_row["macs"] else "n/a",
+        table.append(["Torch-Pruning", harness.human(tp_row["params"]),
+                      harness.human(tp_row["macs"]) if tp_row["macs"] else "n/a",
                       ",".join(map(str, sorted(set(tp_row["heads"])))), ",".join(map(str, sorted(set(tp_row["ffn"])))),
                       cos(tp_row["before"]), cos(tp_row["after"]), lat_cell("torch_pruning"),
                       f"{tp_row['prune_s']:.1f} s"])
@@ -352,26 +335,28 @@ def main(argv: list[str] | None = None) -> int:
         table.append(["Torch-Pruning", "-", "-", "-", "-", "-", "-", "-", why])
     how = args.importance + (" + least-squares reconstruction" if args.reconstruct else "")
     md = [f"# Pruning all-MiniLM-L6-v2 (FFN 50%, heads 25%; slimgraph importance {how}) + distillation "
-          f"({'QUICK smoke run' if args.quick else 'full run'})", "", *meta_lines(meta),
+          f"({'QUICK smoke run' if args.quick else 'full run'})", "", *harness.meta_lines(meta),
           f"- distillation (both tools): {settings}; {args.steps} steps x {args.batch_size} texts; teacher outputs "
           + ("computed at every step" if args.live_teacher else f"cached once ({cache_s:.0f} s)")
           + f"; slimgraph distillation {sg_distill_s:.0f} s"
           + (f", Torch-Pruning {tp_row['distill_s']:.0f} s" if tp_row.get("distill_s") else ""),
           f"- evaluation: {n_heldout} held-out sentences (never trained on), cosine to the unpruned model's "
           "embeddings", "",
-          *md_table(["model", "params", "MACs (32 x 32 tokens)", "heads / layer", "FFN / layer",
-                     "cosine mean / min after pruning", "cosine mean / min after distillation",
-                     "latency, batch 32 x 32 (default threads / 1 thread)", "time to prune"], table), "",
-          f"Latency rounds (default = {default_threads} threads, ms): "
-          + "; ".join(f"{k} {[round(x) for x in v['rounds_ms']]}" for k, v in lat["default_threads"].items()) + ".",
+          *harness.md_table(["model", "params", "MACs (32 x 32 tokens)", "heads / layer", "FFN / layer",
+                             "cosine mean / min after pruning", "cosine mean / min after distillation",
+                             "latency, batch 32 x 32 (default threads / 1 thread)", "time to prune"], table), "",
+          f"Latency (default = {default_threads} threads; median and IQR of interleaved rounds, ms): "
+          + "; ".join(f"{k} {v['median_ms']:.0f} ({v['q1_ms']:.0f}-{v['q3_ms']:.0f})"
+                      for k, v in lat["default_threads"].items()) + ".",
           "slimgraph's time to prune is end to end (capture + analysis + rewrite + numeric check); Torch-Pruning's is "
           "MetaPruner construction + step() + the hand patch of the head counts.", "",
           "## Targets", "",
-          target_line("held-out cosine after distillation (slimgraph)", f"{sg_after['cosine_mean']:.4f} (mean), "
-                      f"{sg_after['cosine_min']:.4f} (min)", f">= {TARGET_COSINE}", met), ""]
+          harness.target_line("held-out cosine after distillation (slimgraph)",
+                              f"{sg_after['cosine_mean']:.4f} (mean), {sg_after['cosine_min']:.4f} (min)",
+                              f">= {TARGET_COSINE}", met), ""]
     stem = ("prune-minilm" + ("" if args.importance == "l2" else f"-{args.importance}")
             + ("-reconstruct" if args.reconstruct else "") + (f"-{args.steps}steps" if args.skip_torch_pruning else ""))
-    files = write_results(args.out, stem, payload, md)
+    files = harness.write_results(args.out, stem, payload, md)
     files.append(_plot(args.out, stem, sg_hist, tp_hist if tp_final is not None else None))
     print("\n".join(md))
     print("wrote", ", ".join(map(str, files)))
@@ -388,7 +373,7 @@ def sweep(args, meta, wall, teacher, example, evaluate, batches_for, train_eval)
         steps = steps_override or steps
         if augment not in caches:
             text, batches = batches_for(augment)
-            caches[augment] = (len(text), batches, CachedTeacher(EncoderWithHidden(teacher), batches))
+            caches[augment] = (len(text), batches, common.CachedTeacher(EncoderWithHidden(teacher), batches))
         n_text, batches, cache = caches[augment]
         start = time.perf_counter()
         final, hist = distill_sg(pruned, teacher, cache, batches, example, (steps, lr, hidden_weight))
@@ -396,22 +381,33 @@ def sweep(args, meta, wall, teacher, example, evaluate, batches_for, train_eval)
         res = {"steps": steps, "lr": lr, "hidden_weight": hidden_weight, "augment": augment,
                "training_texts": n_text, "batch_size": args.batch_size, **evaluate(final),
                "train_cosine_mean": train_eval(final)["cosine_mean"], "distill_s": secs,
-               "final_loss": hist.losses[-1], "load_after": load()}
+               "final_loss": hist.losses[-1], "load_after": harness.load_average()}
         results.append(res)
         print(res, flush=True)
-    meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, threads=args.threads)
+    harness.finish_metadata(meta, wall)
+    meta.update(threads=args.threads)
     md = ["# all-MiniLM-L6-v2 pruned by slimgraph (FFN 50%, heads 25%): distillation settings tried", "",
-          *meta_lines(meta), f"- after pruning, before distillation: cosine mean {before['cosine_mean']:.4f}, "
+          *harness.meta_lines(meta), f"- after pruning, before distillation: cosine mean {before['cosine_mean']:.4f}, "
           f"min {before['cosine_min']:.4f}; output loss cosine, AdamW, warm-up 10%, seed 0", "",
-          *md_table(["steps", "batch", "lr", "hidden_weight", "augmented text", "texts", "held-out cosine mean",
+          *harness.md_table(["steps", "batch", "lr", "hidden_weight", "augmented text", "texts", "held-out cosine mean",
                      "held-out cosine min", "train-sentence cosine mean", "distill time"],
                     [[r["steps"], r["batch_size"], r["lr"], r["hidden_weight"], r["augment"], r["training_texts"],
                       f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}", f"{r['train_cosine_mean']:.4f}",
                       f"{r['distill_s']:.0f} s"] for r in results]),
           "", "train-sentence cosine: the same metric on the 635 original train sentences (seen in training); the gap "
           "to the held-out column is what more steps alone cannot close.", ""]
-    write_results(args.out, "prune-minilm-sweep", {"meta": meta, "before": before, "results": results}, md)
+    files = harness.write_results(args.out, "prune-minilm-sweep", {"meta": meta, "before": before, "results": results},
+                                  md)
+    labels = [f"{r['steps']} steps, lr {r['lr']:g}, hidden {r['hidden_weight']:g}"
+              + (", augmented" if r["augment"] else "") for r in results]
+    files.append(harness.bar_chart(
+        args.out, "prune-minilm-sweep",
+        {"held-out sentences": {lab: r["cosine_mean"] for lab, r in zip(labels, results)},
+         "train sentences": {lab: r["train_cosine_mean"] for lab, r in zip(labels, results)}},
+        ylabel="mean cosine to the unpruned model", title="MiniLM pruned (FFN 50%, heads 25%): distillation settings",
+        reference=(TARGET_COSINE, f"target {TARGET_COSINE}")))
     print("\n".join(md))
+    print("wrote", ", ".join(map(str, files)))
     return 0
 
 
@@ -436,7 +432,7 @@ def _plot(out, stem, sg_hist, tp_hist):
     ax.set_yscale("log")
     ax.set_title("MiniLM distillation after pruning (train text)")
     ax.legend(fontsize=7)
-    return save_figure(fig, out, stem)
+    return harness.save_figure(fig, out, stem)
 
 
 if __name__ == "__main__":

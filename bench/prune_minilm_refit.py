@@ -10,13 +10,15 @@ calibration-set output error of the refit layers (sliced vs refit) and the time 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 
-from bench.prune_common import load, md_table, meta_lines, run_meta, write_results
+from bench import harness
+from bench import prune_common as common
+
+SUITE = "prune-minilm-refit"  # results stem and scratch directory name
 
 SETTINGS = [  # (calibration sentences, reconstruct, scope)
     (128, False, "local"),
@@ -28,11 +30,10 @@ SETTINGS = [  # (calibration sentences, reconstruct, scope)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    meta = run_meta("bench.prune_minilm_refit", argv)
+    meta = common.run_meta("bench.prune_minilm_refit", argv)
     wall = time.perf_counter()
     torch.set_num_threads(args.threads)
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                "layer_error_refit": float(np.mean([r.error_reconstructed for r in refit])) if refit else None}
         results.append(row)
         print(row, flush=True)
-    meta.update(load_at_end=load(), wall_s=time.perf_counter() - wall, threads=args.threads)
+    harness.finish_metadata(meta, wall)
+    meta.update(threads=args.threads)
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
@@ -67,13 +69,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f}", pct(r["layer_error_sliced"]),
               pct(r["layer_error_refit"]), f"{r['prune_s']:.1f} s"] for r in results]
     md = ["# all-MiniLM-L6-v2 right after pruning (FFN 50%, heads 25%, act): least-squares refit or not", "",
-          *meta_lines(meta),
+          *harness.meta_lines(meta),
           "- held-out cosine: 210 sentences never used for calibration, vs the unpruned model; no distillation",
           "- layer error: relative output error of the refit linear layers on the calibration data, mean over "
           "the 12 layers (sliced = plain pruning, refit = after the least-squares refit)", "",
-          *md_table(["calibration sentences", "refit", "scope", "held-out cosine mean / min", "layer error sliced",
-                     "layer error refit", "time to prune"], table), ""]
-    files = write_results(args.out, "prune-minilm-refit", {"meta": meta, "results": results}, md)
+          *harness.md_table(["calibration sentences", "refit", "scope", "held-out cosine mean / min",
+                             "layer error sliced", "layer error refit", "time to prune"], table), ""]
+    files = harness.write_results(args.out, SUITE, {"meta": meta, "results": results}, md)
+    labels = [f"{r['calib_sentences']} sentences, {'refit' if r['reconstruct'] else 'sliced'}, {r['scope']}"
+              for r in results]
+    files.append(harness.bar_chart(
+        args.out, SUITE, {"mean": {lab: r["cosine_mean"] for lab, r in zip(labels, results)},
+                          "worst sentence": {lab: r["cosine_min"] for lab, r in zip(labels, results)}},
+        ylabel="held-out cosine to the unpruned model", title="MiniLM right after pruning: least-squares refit or not"))
     print("\n".join(md))
     print("wrote " + ", ".join(map(str, files)))
     return 0

@@ -1,28 +1,24 @@
 """digits-cnn (trained on scikit-learn's bundled 8x8 digits): top-1 accuracy of each int8 scheme vs float, CPU
 latency and file sizes.
 
-    python bench/quant_digits.py            # writes bench/results/quant-digits.{json,md}
+    python -m bench.quant_digits [--quick] [--rounds 200] [--out bench/results]   (default: a scratch directory)
 
-Calibration uses training images only; accuracy is on the held-out 20% split. Target: w8a8 loses <= 0.5 point.
+Calibration uses training images only; accuracy is on the held-out 20% split. Latency: all configurations timed
+together by the harness's interleaved timing (median and IQR per row, the ratio to float with its spread).
+Target: w8a8 loses <= 0.5 point. Writes quant-digits.{json,md,png} (``--quick``: quant-digits-quick.*).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from quant_minilm import environment, interleaved_latency_ms, sg_file_mb  # noqa: E402 - shared measurement helpers
+from bench import harness
+from bench.quant_minilm import add_latency, sg_file_mb
 
-import slimgraph as sg  # noqa: E402
-from slimgraph.demos.digits import accuracy, digits_data, trained_digits_cnn  # noqa: E402
-from slimgraph.quant import last_report, quantize  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
+SUITE = "quant-digits"
+TARGET_DROP_POINTS = 0.5
 CONFIGS = {
     "w8a8 static (minmax)": ("w8a8", {}),
     "w8a8 static (percentile 99.99)": ("w8a8", {"observer": "percentile"}),
@@ -30,54 +26,79 @@ CONFIGS = {
     "w8a8-dynamic": ("w8a8-dynamic", {}),
     "w8a16": ("w8a16", {}),
 }
+QUICK_CONFIGS = ("w8a8 static (minmax)", "w8a16")
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.script_parser(__doc__, SUITE)
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {', '.join(QUICK_CONFIGS)} only, "
+                        "20 timing rounds")
+    parser.add_argument("--rounds", type=int, default=200, help="interleaved timing rounds (default 200)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    meta = harness.run_metadata("bench.quant_digits", argv)
     torch.manual_seed(0)
+
+    import slimgraph as sg
+    from slimgraph.demos.digits import accuracy, digits_data, trained_digits_cnn
+    from slimgraph.quant import last_report, quantize
+
+    configs = {k: v for k, v in CONFIGS.items() if not args.quick or k in QUICK_CONFIGS}
     model = trained_digits_cnn()
     x_train, _, x_test, y_test = digits_data()
     calib = [(x_train[i:i + 64],) for i in range(0, 8 * 64, 64)]
     batch = (x_test[:64],)
     float_gm = sg.optimize(model, batch, "fold-bn,fuse")
     base = accuracy(model, x_test, y_test)
-    modules = {"float": model}
-    rows = [{"name": "float", "accuracy": base, "drop_points": 0.0, "file_kb": sg_file_mb(float_gm) * 1024}]
-    for name, (scheme, options) in CONFIGS.items():
-        start = time.perf_counter()
+    rows = [{"name": "float", "accuracy": base, "drop_points": 0.0, "file_kb": sg_file_mb(float_gm) * 1024,
+             "module": model}]
+    for name, (scheme, options) in configs.items():
+        began = time.perf_counter()
         q = quantize(model, batch, scheme, calib=calib, progress=False, **options)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - began
         acc = accuracy(q, x_test, y_test)
         report = last_report(q)
         rows.append({"name": name, "scheme": scheme, "options": options, "accuracy": acc, "drop_points": base - acc,
                      "int8_layers": len(report.quantized), "layers": len(report.layers), "quantize_s": seconds,
-                     "file_kb": sg_file_mb(q) * 1024})
-        modules[name] = q
-    latency = interleaved_latency_ms(modules, batch, rounds=200)
-    for r in rows:
-        r["latency_ms"] = latency[r["name"]]
-    return {"benchmark": "quant-digits", "model": "digits-cnn (3 conv + 2 linear, trained on sklearn digits)",
-            "test_images": len(x_test), "calibration": "8 x 64 training images", "latency_batch": list(batch[0].shape),
-            "target": "w8a8 drop <= 0.5 point", "environment": environment(), "rows": rows}
+                     "file_kb": sg_file_mb(q) * 1024, "module": q})
+    run = add_latency(rows, batch, 20 if args.quick else args.rounds)
+    harness.finish_metadata(meta, start)
+    w8a8_drops = [r["drop_points"] for r in rows if r.get("scheme") == "w8a8"]
+    worst = max(w8a8_drops) if w8a8_drops else None
+    result = {"benchmark": SUITE, "model": "digits-cnn (3 conv + 2 linear, trained on sklearn digits)",
+              "test_images": len(x_test), "calibration": "8 x 64 training images",
+              "latency_batch": list(batch[0].shape),
+              "target": {"text": f"w8a8 drop <= {TARGET_DROP_POINTS} point", "measured_worst_drop": worst,
+                         "met": None if worst is None else worst <= TARGET_DROP_POINTS},
+              "meta": meta, "timing": run, "rows": rows}
+    stem = SUITE + ("-quick" if args.quick else "")
+    files = harness.write_results(args.out, stem, result, markdown(result, run))
+    files.append(harness.scatter_chart(
+        args.out, stem, {r["name"]: (r["latency_ms"], r["accuracy"]) for r in rows},
+        xlabel=f"CPU latency of one {list(batch[0].shape)} batch (ms, median)",
+        ylabel="top-1 accuracy on the test split (%)", title="digits CNN int8: accuracy vs latency"))
+    print("\n".join(markdown(result, run)))
+    print("wrote", ", ".join(map(str, files)))
+    return 0
 
 
-def markdown(result: dict) -> str:
-    lines = [f"# {result['benchmark']}: {result['model']}", "",
-             f"Test images: {result['test_images']}; calibration: {result['calibration']}; latency: best of 200 "
-             f"interleaved forwards of one {result['latency_batch']} batch on CPU (torch reference ops).", "",
-             "| configuration | top-1 % | drop (points) | int8 layers | latency ms | file KB |",
-             "|---|---|---|---|---|---|"]
+def markdown(result: dict, run: harness.TimingRun) -> list[str]:
+    rows = []
     for r in result["rows"]:
         layers = f"{r['int8_layers']}/{r['layers']}" if "layers" in r else "-"
-        lines.append(f"| {r['name']} | {r['accuracy']:.2f} | {r['drop_points']:+.2f} | {layers} | "
-                     f"{r['latency_ms']:.2f} | {r['file_kb']:.1f} |")
-    lines += ["", f"Target: {result['target']}", "",
-              "Environment: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items())]
-    return "\n".join(lines) + "\n"
+        rows.append([r["name"], f"{r['accuracy']:.2f}", f"{r['drop_points']:+.2f}", layers,
+                     f"{r['latency_ms']:.2f} ({r['latency_q1_ms']:.2f}-{r['latency_q3_ms']:.2f})", r["vs_float"],
+                     f"{r['file_kb']:.1f}"])
+    target = result["target"]
+    worst = "-" if target["measured_worst_drop"] is None else f"{target['measured_worst_drop']:+.2f} points"
+    return [f"# {result['benchmark']}: {result['model']}", "", *harness.meta_lines(result["meta"]),
+            f"- test images: {result['test_images']}; calibration: {result['calibration']}",
+            f"- latency of one {result['latency_batch']} batch on CPU: {run.conditions()}", "",
+            *harness.md_table(["configuration", "top-1 %", "drop (points)", "int8 layers", "latency ms (IQR)",
+                               "vs float", "file KB"], rows), "",
+            harness.target_line("w8a8 accuracy drop (worst w8a8 row)", worst, f"<= {TARGET_DROP_POINTS} point",
+                                target["met"])]
 
 
 if __name__ == "__main__":
-    result = main()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quant-digits.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "quant-digits.md").write_text(markdown(result))
-    print(markdown(result))
+    raise SystemExit(main())
