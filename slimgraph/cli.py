@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -268,23 +267,35 @@ def cmd_export(args) -> int:
     return 0
 
 
+def bench_suites(root: Path) -> list[str]:
+    """The runnable suites of a source checkout's bench/: every module there with a ``main(argv)``."""
+    helpers = {"__init__", "harness", "prune_common", "run_meta", "shapes"}
+    return sorted(p.stem for p in (root / "bench").glob("*.py")
+                  if p.stem not in helpers and "\ndef main(" in p.read_text(encoding="utf-8"))
+
+
 def cmd_bench(args) -> int:
     import importlib
 
-    root = Path(__file__).resolve().parent.parent
-    if (root / "bench" / "__init__.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        module = importlib.import_module(f"bench.{args.suite}")
-    except ImportError as exc:
-        from .errors import InputError
+    from .errors import InputError
 
-        raise InputError(f"benchmark suite {args.suite!r} not found ({exc}); benchmarks ship with the source "
-                         "checkout: run from the repository root") from exc
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__init__.py").is_file():
+        raise InputError("benchmarks ship with the source checkout (bench/ next to slimgraph/), not with an "
+                         "installed package: run 'slimgraph bench' from a clone of the repository")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    suites = bench_suites(root)
+    if args.suite not in suites:
+        raise InputError(f"benchmark suite {args.suite!r} not found; choose from {', '.join(suites)}")
+    module = importlib.import_module(f"bench.{args.suite}")
     rest = list(args.rest)
-    if not any(a == "--out" or a.startswith("--out=") for a in rest):
+    asks_help = any(a in ("-h", "--help") for a in rest)
+    if not asks_help and not any(a == "--out" or a.startswith("--out=") for a in rest):
         # committed results under bench/results are only ever replaced on purpose, with an explicit --out
-        scratch = Path(tempfile.gettempdir()) / "slimgraph-bench" / args.suite
+        from bench.harness import scratch_dir
+
+        scratch = scratch_dir(args.suite)
         scratch.mkdir(parents=True, exist_ok=True)
         _status(f"writing results to the scratch directory {scratch} (pass --out DIR to keep them elsewhere)")
         rest += ["--out", str(scratch)]
