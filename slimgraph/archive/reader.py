@@ -20,6 +20,7 @@ import torch.utils._pytree as pytree
 from ..errors import ArchiveError, SlimgraphError
 from ..ir.info import GRAPH_KEY, GraphInfo
 from ..ir.propagate import refresh
+from ..ir.recurrent import symbolic_rnn_propagation
 from .container import SEAL_KEY, read_archive
 from .schema import (
     DECODED_BYTES_FLOOR,
@@ -159,14 +160,19 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor], device: torch.
                                    **_decode_info(description["info"], attributes))
     _seed_placeholder_values(gm, dynamic)
     try:
-        refresh(gm, only_missing=False)
+        with symbolic_rnn_propagation(gm):
+            refresh(gm, only_missing=False)
     except SlimgraphError as exc:
         if not any(dynamic):
             raise
         # the graph itself is unchanged and still accepts every shape it did; only its shape metadata falls back
-        # to the example shapes, and the user is told
+        # to the example shapes, and the user is told. Values the failed attempt left belong to its fake mode:
+        # the retry starts from none
+        for node in gm.graph.nodes:
+            node.meta.pop("val", None)
         _seed_placeholder_values(gm, [[] for _ in dynamic])
-        refresh(gm, only_missing=False)  # a graph that fails this too is invalid: that error propagates
+        with symbolic_rnn_propagation(gm):
+            refresh(gm, only_missing=False)  # a graph that fails this too is invalid: that error propagates
         note = (f"archive reload: shape propagation with symbolic input dims failed ({str(exc)[:200]}); node "
                 "metadata holds the example shapes")
         gm.meta[GRAPH_KEY].shape_notes.append(note)
