@@ -8,10 +8,12 @@
 Importing this package registers the ``share-weights`` pass.
 """
 
+from .allocate import BitAllocation, allocate_bits
 from .api import share_weights
-from .kmeans import KMeansResult, kmeans_1d
+from .kmeans import KMeansResult, code_entropy, kmeans_1d, step_for_entropy, uniform_1d
 from .report import LayerShare, ShareReport, last_report
 from .share_pass import ShareWeights, code_dtype
 
-__all__ = ["KMeansResult", "LayerShare", "ShareReport", "ShareWeights", "code_dtype", "kmeans_1d", "last_report",
-           "share_weights"]
+__all__ = ["BitAllocation", "KMeansResult", "LayerShare", "ShareReport", "ShareWeights", "allocate_bits",
+           "code_dtype", "code_entropy", "kmeans_1d", "last_report", "share_weights", "step_for_entropy",
+           "uniform_1d"]

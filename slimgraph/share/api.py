@@ -14,6 +14,7 @@ from ..ir.capture import capture_or_copy, is_captured
 from ..ir.info import graph_info
 from ..numerics import compare_outputs, run_module
 from ..passes.manager import PassManager
+from .allocate import allocate_bits
 from .report import ShareReport, last_report
 from .share_pass import ShareWeights
 
@@ -31,7 +32,9 @@ def share_weights(
     *,
     conv_bits: int = 8,
     embeddings: bool = True,
-    per_layer: Mapping[str, int] | None = None,
+    per_layer: Mapping[str, float] | None = None,
+    quantizer: str = "kmeans",
+    mean_bits: float | None = None,
     output_loss: str = "kl",
     lr: float = 1e-3,
     temperature: float = 2.0,
@@ -47,9 +50,15 @@ def share_weights(
             distillation from the input model (``sg.distill``; the codebooks are the only trainable tensors);
             None: no fine-tuning. The output error is reported on the example inputs and the first batches.
         ignore: fnmatch patterns of layers to keep as they are (layer name, weight path, node name, kind).
-        steps, lr, temperature, output_loss: of the fine-tuning (``output_loss="mse"``/``"cosine"`` for
+        steps, lr, temperature, output_loss: of the fine-tuning (``steps=0``: none, ``data`` then only feeds
+            ``mean_bits``'s sensitivity probes and the reported error) (``output_loss="mse"``/``"cosine"`` for
             embedding models).
         embeddings: also share embedding tables. ``per_layer={pattern: bits}`` overrides widths.
+        quantizer: ``"kmeans"`` (the paper's codebooks, ``bits`` = code width) or ``"uniform"`` (entropy-coded
+            uniform grid, ``bits`` = code entropy per weight, fractional allowed; smaller archives at equal error).
+        mean_bits: with ``quantizer="uniform"``: give every layer its own rate from its measured sensitivity on
+            ``data`` (or the example inputs), averaging ``mean_bits`` per weight
+            (:func:`slimgraph.share.allocate_bits`; replaces ``bits``; cannot be combined with ``per_layer``).
 
     The report (bits, centroids used and reconstruction error per layer, the output error vs the input model
     before and after fine-tuning): ``slimgraph.share.last_report(result)``.
@@ -64,10 +73,20 @@ def share_weights(
     if batches is not None and not batches:
         raise InputError("data is empty: pass at least one batch, or data=None to skip fine-tuning")
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps must be an integer >= 0 (0: no centroid fine-tuning), got {steps!r}")
+    if mean_bits is not None and (quantizer != "uniform" or per_layer):
+        raise InputError("mean_bits allocates per-layer rates for quantizer='uniform' and replaces per_layer: "
+                         "pass quantizer='uniform' and no per_layer")
     spass = ShareWeights(bits=bits, conv_bits=conv_bits, embeddings=embeddings, ignore=ignore,
-                         per_layer=dict(per_layer or {}))
+                         per_layer=dict(per_layer or {}), quantizer=quantizer)
     gm = capture_or_copy(model, example_inputs, example_kwargs)
     reference = copy.deepcopy(gm)  # the teacher and the yardstick: the pass rewrites gm
+    allocation = None
+    if mean_bits is not None:
+        allocation = allocate_bits(gm, batches, mean_bits, embeddings=embeddings, ignore=ignore)
+        spass = ShareWeights(bits=bits, conv_bits=conv_bits, embeddings=embeddings, ignore=ignore,
+                             per_layer=allocation.bits, quantizer=quantizer)
     try:
         shared = PassManager([spass], check_numerics=True).run(gm).gm
     except PassError as exc:
@@ -75,10 +94,11 @@ def share_weights(
             raise exc.__cause__ from None
         raise
     report = last_report(shared)
+    report.allocation = allocation
     evaluation = _evaluation_batches(shared, batches)
     expected = [run_module(reference, args, kwargs) for args, kwargs in evaluation]
     _measure(report, shared, evaluation, expected, batches)
-    if batches is None or not report.shared:
+    if batches is None or not report.shared or steps == 0:
         return shared
     codebooks = [layer.codebook for layer in report.shared]
     tuned = distill(shared, reference, batches, steps=steps, lr=lr, temperature=temperature,

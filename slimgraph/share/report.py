@@ -22,27 +22,30 @@ class LayerShare:
     weight: str  # the replaced attribute path
     kind: str  # linear | conv1d | conv2d | conv3d | embedding
     shape: tuple[int, ...]
-    bits: int = 0  # width of one code (0: not shared)
+    bits: float = 0  # k-means: width of one code; uniform: target code entropy per weight (0: not shared)
     centroids: int = 0  # nonzero centroids available (2**bits, less one when code 0 is the exact zero)
     used: int = 0  # centroids that at least one weight maps to
     zeros: int = 0  # weights kept exactly zero (code 0)
     numel: int = 0
     rel_error: float = 0.0  # ||w - codebook[codes]|| / ||w||
+    entropy: float = 0.0  # empirical entropy of the codes, bits per weight: about what the archive's coder spends
     codebook: str = ""  # attribute paths of the new tensors
     codes: str = ""
     reason: str = ""  # why a layer was not shared
 
     def row(self) -> list[str]:
         if not self.bits:
-            return [self.name, "x".join(map(str, self.shape)), "-", "-", "-", "-", self.reason]
-        return [self.name, "x".join(map(str, self.shape)), str(self.bits), f"{self.used}/{self.centroids}",
-                f"{self.zeros / self.numel:.1%}" if self.numel else "-", f"{self.rel_error:.2e}", self.reason]
+            return [self.name, "x".join(map(str, self.shape)), "-", "-", "-", "-", "-", self.reason]
+        return [self.name, "x".join(map(str, self.shape)), f"{self.bits:g}", f"{self.used}/{self.centroids}",
+                f"{self.zeros / self.numel:.1%}" if self.numel else "-", f"{self.entropy:.2f}",
+                f"{self.rel_error:.2e}", self.reason]
 
 
 @dataclass
 class ShareReport:
-    bits: int
-    conv_bits: int
+    bits: float
+    conv_bits: float
+    quantizer: str = "kmeans"
     layers: list[LayerShare] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # filled by sg.share_weights after the pass: error of the shared model against the input model
@@ -53,6 +56,7 @@ class ShareReport:
     finetune_loss: tuple[float, float] | None = None  # (first, last) distillation loss
     output_max_rel_before_finetune: float | None = None
     output_cosine_before_finetune: float | None = None
+    allocation: object | None = None  # slimgraph.share.allocate.BitAllocation when per-layer rates were measured
 
     @property
     def shared(self) -> list[LayerShare]:
@@ -60,8 +64,15 @@ class ShareReport:
 
     def summary(self) -> str:
         weights = sum(layer.numel for layer in self.shared)
+        if self.allocation is not None:
+            widths = f"uniform, {self.allocation.mean_bits:g} bits per weight on average, allocated per layer"
+        elif self.quantizer == "uniform":
+            widths = f"uniform, fc/embedding {self.bits:g} bits of code entropy, conv {self.conv_bits:g}"
+        else:
+            widths = f"k-means, fc/embedding {self.bits} bits, conv {self.conv_bits} bits"
+        coded = sum(layer.entropy * layer.numel for layer in self.shared) / max(1, weights)
         text = (f"share-weights: {len(self.shared)} of {len(self.layers)} weights ({weights} elements) replaced by "
-                f"codebooks (fc/embedding {self.bits} bits, conv {self.conv_bits} bits)")
+                f"codebooks ({widths}; codes {coded:.3f} bits per weight at their entropy)")
         if self.output_cosine is not None:
             text += (f"; output vs input model on {self.eval_data}: max_rel {self.output_max_rel:.3e}, "
                      f"cosine {self.output_cosine:.6f}")
@@ -71,9 +82,10 @@ class ShareReport:
         return text
 
     def table(self) -> str:
-        headers = ["layer", "shape", "bits", "centroids used", "zeros", "rel error", "note"]
-        body = format_table(headers, [layer.row() for layer in self.layers], align_right={2, 3, 4, 5})
-        return "\n".join([self.summary(), body, *(f"note: {n}" for n in self.notes)])
+        headers = ["layer", "shape", "bits", "centroids used", "zeros", "code entropy", "rel error", "note"]
+        body = format_table(headers, [layer.row() for layer in self.layers], align_right={2, 3, 4, 5, 6})
+        extra = [str(self.allocation)] if self.allocation is not None else []
+        return "\n".join([self.summary(), body, *(f"note: {n}" for n in self.notes), *extra])
 
     def __str__(self) -> str:
         return self.table()

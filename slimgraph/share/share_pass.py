@@ -20,10 +20,18 @@ Candidates: the GEMM weights ``sparsify`` knows (:func:`slimgraph.sparse.layers.
 conv weights, tied ones once) and, with ``embeddings=True``, the tables of ``aten.embedding``. Widths: ``bits``
 for linear and embedding layers (the paper's 5 for fc), ``conv_bits`` for convs (the paper's 8);
 ``per_layer={pattern: bits}`` overrides (fnmatch over layer name, weight path, node names, kind).
+
+Quantizers: ``kmeans`` (the paper's; ``bits`` is the code width, 2**bits centroids) or ``uniform``
+(entropy-constrained: the nonzero weights are rounded to a uniform grid whose step is chosen so the codes'
+entropy is ``bits`` bits per weight, fractional widths allowed, and each level's centroid is its members' mean).
+Once the archive entropy-codes the indices, ``uniform`` is the smaller of the two at the same error; with
+:func:`slimgraph.share.allocate_bits` giving each layer its own rate from a measured sensitivity it is what
+brings MiniLM under 4 bits per weight.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -35,11 +43,13 @@ from ..ir.graph_utils import add_constant, get_attr_tensor, remove_unused_attrib
 from ..ir.info import graph_info, node_info
 from ..passes.base import Pass, PassResult, register_pass
 from ..sparse.layers import Layer, find_layers, select
-from .kmeans import kmeans_1d
+from .kmeans import code_entropy, kmeans_1d, step_for_entropy, uniform_1d
 from .report import REPORT_KEY, LayerShare, ShareReport
 
 aten = torch.ops.aten
 MAX_BITS = 16
+MAX_UNIFORM_BITS = 12.0  # entropy per weight of the uniform quantizer (its levels must fit the archive's coder)
+QUANTIZERS = ("kmeans", "uniform")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -55,29 +65,37 @@ class ShareWeights(Pass):
     summary: ClassVar[str] = "k-means weight sharing: per-layer codebook + integer codes (Deep Compression)"
     tolerance: ClassVar[float | None] = None  # lossy: the error is measured and reported
 
-    bits: int = 5
-    conv_bits: int = 8
+    bits: int | float = 5  # float only for the uniform quantizer (a code entropy)
+    conv_bits: int | float = 8
     embeddings: bool = True
     ignore: tuple[str, ...] = ()
-    per_layer: dict[str, int] = field(default_factory=dict)
+    per_layer: dict[str, int | float] = field(default_factory=dict)
     iters: int = 300
+    quantizer: str = "kmeans"
 
     def __post_init__(self):
+        if self.quantizer not in QUANTIZERS:
+            raise InputError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
         for where, b in [("bits", self.bits), ("conv_bits", self.conv_bits),
                          *((f"per_layer[{k!r}]", v) for k, v in dict(self.per_layer).items())]:
-            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BITS:
-                raise InputError(f"{where} must be an integer code width in 1..{MAX_BITS}, got {b!r}")
+            if self.quantizer == "uniform":
+                if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= MAX_UNIFORM_BITS:
+                    raise InputError(f"{where} must be a code entropy in (0, {MAX_UNIFORM_BITS:g}] bits per weight "
+                                     f"for the uniform quantizer, got {b!r}")
+            elif isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BITS:
+                raise InputError(f"{where} must be an integer code width in 1..{MAX_BITS}, got {b!r} (fractional "
+                                 "widths need quantizer='uniform')")
         object.__setattr__(self, "ignore", (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore))
         object.__setattr__(self, "per_layer", dict(self.per_layer))
 
-    def layer_bits(self, layer: Layer) -> int:
+    def layer_bits(self, layer: Layer) -> float:
         for pattern, bits in self.per_layer.items():
             if layer.matches(pattern):
                 return bits
         return self.conv_bits if layer.kind.startswith("conv") else self.bits
 
     def run(self, gm: fx.GraphModule) -> PassResult:
-        report = ShareReport(self.bits, self.conv_bits)
+        report = ShareReport(self.bits, self.conv_bits, self.quantizer)
         layers = find_layers(gm) + (_embedding_layers(gm, find_layers(gm)) if self.embeddings else [])
         kept, ignored, notes = select(layers, self.ignore)
         report.notes.extend(notes)
@@ -87,7 +105,7 @@ class ShareWeights(Pass):
             rows[layer.weight] = LayerShare(layer.name, layer.weight, layer.kind, tuple(w.shape), reason="ignored")
         info = graph_info(gm)
         for layer in kept:
-            rows[layer.weight] = _share_layer(gm, layer, self.layer_bits(layer), self.iters)
+            rows[layer.weight] = _share_layer(gm, layer, self.layer_bits(layer), self.iters, self.quantizer)
             if rows[layer.weight].bits:
                 info.sparsity.pop(layer.weight, None)  # the zeros now live in integer code 0: nothing to mask
         if not kept:
@@ -126,7 +144,7 @@ def _embedding_layers(gm: fx.GraphModule, gemm_layers: list[Layer]) -> list[Laye
     return list(layers.values())
 
 
-def _share_layer(gm: fx.GraphModule, layer: Layer, bits: int, iters: int) -> LayerShare:
+def _share_layer(gm: fx.GraphModule, layer: Layer, bits: float, iters: int, quantizer: str) -> LayerShare:
     w_node = layer.nodes[0].args[_weight_arg(layer)]
     w = get_attr_tensor(gm, w_node).detach()
     row = LayerShare(layer.name, layer.weight, layer.kind, tuple(w.shape), numel=w.numel())
@@ -138,11 +156,18 @@ def _share_layer(gm: fx.GraphModule, layer: Layer, bits: int, iters: int) -> Lay
     if not nonzero.any():
         row.reason = "all zeros: nothing to cluster"
         return row
-    k = (1 << bits) - (1 if has_zeros else 0)  # code 0 is reserved for the exact zero when the layer has zeros
-    if k < 1:
-        row.reason = f"{bits} bit leaves no code besides the zero; give it more bits with per_layer"
-        return row
-    fit = kmeans_1d(w[nonzero], k, iters=iters)
+    if quantizer == "uniform":
+        kept = w[nonzero]
+        fit = uniform_1d(kept, step_for_entropy(kept, bits))
+        k = fit.centroids.numel()
+        width = max(1, math.ceil(math.log2(k + (1 if has_zeros else 0))))
+    else:
+        k = (1 << bits) - (1 if has_zeros else 0)  # code 0 is reserved for the exact zero when the layer has zeros
+        if k < 1:
+            row.reason = f"{bits} bit leaves no code besides the zero; give it more bits with per_layer"
+            return row
+        fit = kmeans_1d(w[nonzero], k, iters=iters)
+        width = bits
     codes = torch.zeros(w.shape, dtype=torch.int64)
     codes[nonzero] = fit.assignment + (1 if has_zeros else 0)
     codebook = fit.centroids.to(w.dtype).reshape(k, 1)
@@ -153,7 +178,7 @@ def _share_layer(gm: fx.GraphModule, layer: Layer, bits: int, iters: int) -> Lay
 
     base = layer.weight
     cb_target = add_constant(gm, codebook.to(w.device), f"{base}_codebook", parameter=True)
-    codes_target = add_constant(gm, codes.to(code_dtype(bits)).to(w.device), f"{base}_codes")
+    codes_target = add_constant(gm, codes.to(code_dtype(width)).to(w.device), f"{base}_codes")
     graph = gm.graph
     readers = [n for n in graph.nodes if n.op == "get_attr" and n.target == w_node.target]  # tied reads too
     with graph.inserting_before(readers[0]):
@@ -169,4 +194,5 @@ def _share_layer(gm: fx.GraphModule, layer: Layer, bits: int, iters: int) -> Lay
         graph.erase_node(reader)
     row.bits, row.centroids, row.used, row.zeros = bits, k, fit.used, int((~nonzero).sum())
     row.codebook, row.codes = cb_target, codes_target
+    row.entropy = code_entropy(codes)
     return row
