@@ -22,13 +22,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 
 from ..errors import InputError
+from ..ir import calibration
+from ..ir.calibration import NodeValues, normalize_batches
 from ..ir.graph_utils import _getattr_path
 from .analysis import Analysis, Group, Member
 
@@ -132,12 +134,7 @@ def unit_scores(
 
 
 def _taylor_grads(gm: fx.GraphModule, tensors: dict[str, torch.Tensor], calib, loss_fn) -> dict[str, torch.Tensor]:
-    from ..ir.info import graph_info
-
-    info = graph_info(gm)
-    batches = list(calib) if calib is not None else [tuple(info.example_args)]
-    if not batches:
-        raise InputError("taylor importance needs at least one calibration batch")
+    batches = normalize_batches(calib, gm)
     params = {k: t for k, t in tensors.items() if isinstance(t, torch.nn.Parameter)}
     saved = {k: p.requires_grad for k, p in params.items()}
     grads: dict[str, torch.Tensor] = {}
@@ -145,13 +142,11 @@ def _taylor_grads(gm: fx.GraphModule, tensors: dict[str, torch.Tensor], calib, l
         for p in params.values():
             p.requires_grad_(True)
             p.grad = None
-        for batch in batches:
-            args = batch if isinstance(batch, tuple) else (batch,)
+        for _, out in calibration.each_output(gm, batches, grad=True, desc="prune: taylor gradients"):
             with torch.enable_grad():
-                out = gm(*args, **info.example_kwargs) if len(args) == len(info.example_args) else gm(*args)
-                leaves = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+                leaves = [t for t in calibration.output_tensors(out) if t.is_floating_point()]
                 loss = loss_fn(out) if loss_fn is not None else sum((t.float() ** 2).mean() for t in leaves)
-            loss.backward()
+            loss.backward()  # per batch: gradients add up, the autograd graph of each batch is freed
         for k, p in params.items():
             if p.grad is not None:
                 grads[k] = p.grad.detach().clone()
@@ -201,25 +196,20 @@ def input_channel_stats(a: Analysis, calib) -> dict[str, ChannelStats]:
         return {}
     stats: dict[str, ChannelStats] = {}
 
-    class Collector(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n in watch and isinstance(out, torch.Tensor):
-                x = out.detach().double()
-                for consumer, dim in watch[n]:
-                    dims = [d for d in range(x.dim()) if d != dim % x.dim()]
-                    s, sq = x.sum(dim=dims), (x * x).sum(dim=dims)
-                    count = x.numel() // x.shape[dim]
-                    if consumer in stats:
-                        st = stats[consumer]
-                        st.sum, st.sq_sum, st.count = st.sum + s, st.sq_sum + sq, st.count + count
-                    else:
-                        stats[consumer] = ChannelStats(dim, s, sq, count)
-            return out
+    def collect(values: NodeValues, consumers: list[tuple[str, int]]) -> None:
+        if not isinstance(values.result, torch.Tensor):
+            return
+        x = values.result.detach().double()
+        for consumer, dim in consumers:
+            dims = [d for d in range(x.dim()) if d != dim % x.dim()]
+            s, sq = x.sum(dim=dims), (x * x).sum(dim=dims)
+            count = x.numel() // x.shape[dim]
+            if consumer in stats:
+                st = stats[consumer]
+                st.sum, st.sq_sum, st.count = st.sum + s, st.sq_sum + sq, st.count + count
+            else:
+                stats[consumer] = ChannelStats(dim, s, sq, count)
 
-    from ..quant.calibrate import flat_inputs, normalize_batches
-
-    with torch.no_grad():
-        for batch in normalize_batches(list(calib) if calib is not None else None, a.gm):
-            Collector(a.gm).run(*flat_inputs(a.gm, batch))
+    watchers = {node: [partial(collect, consumers=consumers)] for node, consumers in watch.items()}
+    calibration.watch(a.gm, normalize_batches(calib, a.gm), watchers, desc="prune: activation statistics")
     return stats

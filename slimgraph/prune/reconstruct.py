@@ -20,12 +20,15 @@ pruned model; only ``aten.linear`` consumers with a weight attribute of their ow
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.fx as fx
 
 from ..errors import InputError
+from ..ir import calibration
+from ..ir.calibration import NodeValues, normalize_batches
 from ..ir.graph_utils import _getattr_path, set_attr_tensor
 from .analysis import Analysis
 from .rewrite import keep_indices
@@ -92,8 +95,6 @@ def find_consumers(a: Analysis, removed: np.ndarray) -> list[Consumer]:
 
 def collect_grams(a: Analysis, consumers: list[Consumer], calib) -> None:
     """Fill each consumer's Gram matrix of its (bias-augmented) input over the calibration batches."""
-    from ..quant.calibrate import flat_inputs, normalize_batches
-
     nodes = {n.name: n for n in a.gm.graph.nodes}
     watch: dict[fx.Node, list[Consumer]] = {}
     for c in consumers:
@@ -101,24 +102,21 @@ def collect_grams(a: Analysis, consumers: list[Consumer], calib) -> None:
         c.original_bias = _getattr_path(a.gm, c.bias).detach().clone() if c.bias else None
         watch.setdefault(nodes[c.node].args[0], []).append(c)
 
-    class Collector(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            for c in watch.get(n, ()):
-                x = out.detach().reshape(-1, out.shape[-1]).double()
-                if not torch.isfinite(x).all():
-                    raise InputError(f"reconstruct: the calibration data gives NaN/Inf at the input of {c.node}; "
-                                     "check the calibration batches (or prune without reconstruct)")
-                if c.bias is not None:
-                    x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-                g = x.T @ x
-                c.gram = g if c.gram is None else c.gram + g
-                c.rows += x.shape[0]
-            return out
+    def add_gram(values: NodeValues, readers: list[Consumer]) -> None:
+        out = values.result
+        for c in readers:
+            x = out.detach().reshape(-1, out.shape[-1]).double()
+            if not torch.isfinite(x).all():
+                raise InputError(f"reconstruct: the calibration data gives NaN/Inf at the input of {c.node}; "
+                                 "check the calibration batches (or prune without reconstruct)")
+            if c.bias is not None:
+                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+            g = x.T @ x
+            c.gram = g if c.gram is None else c.gram + g
+            c.rows += x.shape[0]
 
-    with torch.no_grad():
-        for batch in normalize_batches(list(calib) if calib is not None else None, a.gm):
-            Collector(a.gm).run(*flat_inputs(a.gm, batch))
+    watchers = {node: [partial(add_gram, readers=readers)] for node, readers in watch.items()}
+    calibration.watch(a.gm, normalize_batches(calib, a.gm), watchers, desc="prune: reconstruction statistics")
 
 
 def refit(gm: fx.GraphModule, consumers: list[Consumer], damping: float = 0.01

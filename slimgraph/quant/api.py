@@ -11,11 +11,12 @@ import torch.nn as nn
 
 from .. import defaults
 from ..errors import InputError, PassError
+from ..ir.calibration import Batch, named_inputs, normalize_batches, run_outputs
 from ..ir.capture import capture_or_copy
 from ..ir.info import graph_info
+from ..numerics import compare_outputs
 from ..passes.manager import PassManager
-from .calibrate import Batch, named_inputs, normalize_batches, run_outputs
-from .quant_pass import Quantize, output_error
+from .quant_pass import Quantize
 from .report import last_report
 
 log = logging.getLogger("slimgraph")
@@ -83,7 +84,7 @@ def quantize(
     qpass = Quantize(scheme=scheme, observer=observer, percentile=percentile, smoothquant=smoothquant,
                      skip=tuple(skip) if not isinstance(skip, str) else (skip,), max_error=max_error,
                      attention=attention, embeddings=embeddings, per_layer=dict(per_layer or {}),
-                     calib=fit, progress=progress)
+                     progress=progress).with_data(calib=fit)
     info = graph_info(gm)
     evaluation = [Batch(tuple(info.example_args), dict(info.example_kwargs))]
     evaluation += normalize_batches(held_out, gm) if held_out else []
@@ -126,7 +127,8 @@ def _hold_out(batches: tuple | None) -> tuple[tuple | None, tuple]:
 
 
 def _report_evaluation(report, outputs, reference, held_out: int, calibrated_on_examples: bool) -> None:
-    report.eval_rel_error, report.eval_cosine = output_error(outputs, reference)
+    error = compare_outputs(outputs, reference)
+    report.eval_rel_error, report.eval_cosine = error.rel_l2, error.cosine
     where = "the example inputs"
     if held_out:
         where += f" and {held_out} held-out calibration batch{'es' if held_out > 1 else ''}"

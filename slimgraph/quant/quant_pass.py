@@ -18,18 +18,19 @@ The :class:`~slimgraph.quant.report.QuantReport` lands in the pass record's ``st
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.fx as fx
 
 from ..errors import InputError
+from ..ir.calibration import Batch, NodeValues, UsesData, normalize_batches, run_outputs, run_watched, watch
 from ..ir.graph_utils import get_attr_tensor
 from ..ir.propagate import refresh
+from ..numerics import compare_outputs, ratio_db
 from ..passes.base import Pass, PassResult, register_pass
-from .calibrate import Batch, NodeValues, check_finite, normalize_batches, run_outputs, run_watched
+from .calibrate import check_finite
 from .coverage import gemm_weight_coverage
 from .observers import OBSERVERS, ChannelAbsMax, make_observer
 from .ops import quantize_weight
@@ -45,7 +46,7 @@ _MIN_THRESHOLD = 1e-8  # an activation that is always zero still gets a positive
 
 @register_pass
 @dataclass(frozen=True)
-class Quantize(Pass):
+class Quantize(UsesData, Pass):
     name: ClassVar[str] = "quant"
     summary: ClassVar[str] = "int8 quantization (w8a8 static, w8a8-dynamic, w8a16) with calibration and report"
     tolerance: ClassVar[float | None] = None  # lossy: the manager reports its error, never fails on it
@@ -59,9 +60,9 @@ class Quantize(Pass):
     attention: bool = False
     embeddings: bool = False
     per_layer: dict[str, str] = field(default_factory=dict)
-    # Calibration batches (sg.quantize passes them; pipeline strings calibrate on the graph's example inputs).
-    calib: Any = field(default=None, repr=False, compare=False)
-    progress: bool | None = field(default=None, repr=False, compare=False)
+    progress: bool | None = field(default=None, repr=False, compare=False)  # None: a bar on a terminal only
+    # Calibration batches are data, not an option: sg.quantize hands them over with .with_data(calib=...);
+    # from a pipeline string the pass calibrates on the example inputs recorded at capture.
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -74,15 +75,13 @@ class Quantize(Pass):
             raise InputError(f"smoothquant alpha must be in [0, 1], got {self.smoothquant}")
         if self.max_error is not None and not self.max_error > 0:
             raise InputError(f"max_error must be a positive relative error, got {self.max_error}")
-        if isinstance(self.calib, (str, bytes)):
-            raise InputError("calib must be an iterable of input tuples, not a string")
         if isinstance(self.skip, str):
             object.__setattr__(self, "skip", (self.skip,))
 
     # ------------------------------------------------------------------------------------------------ run
 
     def run(self, gm: fx.GraphModule) -> PassResult:
-        batches = normalize_batches(self.calib, gm)
+        batches = normalize_batches(self.data.calib, gm)
         report = QuantReport(self.scheme, self.observer, smoothquant_alpha=self.smoothquant,
                              calibration_batches=len(batches), max_error=self.max_error)
         targets = find_targets(gm, attention=self.attention, embeddings=self.embeddings)
@@ -106,18 +105,18 @@ class Quantize(Pass):
 
         base = copy.deepcopy(gm) if self.max_error is not None else None
         rewrite_stats = rewrite_layers(gm, plans)
-        error = output_error(run_outputs(gm, batches), reference)
+        error = compare_outputs(run_outputs(gm, batches), reference)
         kept, reverted = plans, {}
-        if self.max_error is not None and error[0] > self.max_error:
+        if self.max_error is not None and error.rel_l2 > self.max_error:
             gm, kept, rewrite_stats, error = self._fit_budget(base, plans, sqnr, batches, reference)
             for p in plans:
                 if p not in kept:
                     name = p.target.node.name
                     reverted[name] = f"max_error: returned to float (SQNR {sqnr[name]:.1f} dB)"
-            if error[0] > self.max_error:
-                report.notes.append(f"output error {error[0]:.3g} stays above max_error {self.max_error:g} "
+            if error.rel_l2 > self.max_error:
+                report.notes.append(f"output error {error.rel_l2:.3g} stays above max_error {self.max_error:g} "
                                     "even with every layer in float")
-        report.output_rel_error, report.output_cosine = error
+        report.output_rel_error, report.output_cosine = error.rel_l2, error.cosine
 
         by_name = {p.target.node.name: p for p in kept}
         for t in targets:
@@ -151,13 +150,13 @@ class Quantize(Pass):
                 gm = copy.deepcopy(base)
                 kept = [p for p in plans if p not in order[:k]]
                 stats = rewrite_layers(gm, _rebind(gm, kept, self.attention, self.embeddings))
-                tried[k] = (gm, kept, stats, output_error(run_outputs(gm, batches), reference))
+                tried[k] = (gm, kept, stats, compare_outputs(run_outputs(gm, batches), reference))
             return tried[k]
 
         lo, hi = 0, len(order)  # error(lo) is over budget (measured by the caller); error(hi) = all float
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if attempt(mid)[3][0] <= self.max_error:
+            if attempt(mid)[3].rel_l2 <= self.max_error:
                 hi = mid
             else:
                 lo = mid
@@ -170,7 +169,7 @@ class Quantize(Pass):
             return 0
         stats = {g.source: ChannelAbsMax() for g in groups}
         watchers = {x: [_finite_then(x, stat.update)] for x, stat in stats.items()}
-        run_watched(gm, batches, watchers, desc="smoothquant ranges", progress=self.progress)
+        watch(gm, batches, watchers, desc="quant: smoothquant ranges", progress=self.progress)
         for group in groups:
             apply_smoothing(gm, group, smoothing_factors(group, gm, stats[group.source], self.smoothquant))
         gm.graph.lint()
@@ -184,7 +183,7 @@ class Quantize(Pass):
             if p.scheme == "w8a8" and p.target.x not in observers:
                 observers[p.target.x] = make_observer(self.observer, self.percentile)
         watchers = {x: [_finite_then(x, obs.update)] for x, obs in observers.items()}
-        run_watched(gm, batches, watchers, desc="calibrating", progress=self.progress)
+        watch(gm, batches, watchers, desc="quant: calibrating", progress=self.progress)
         scales = {x: torch.tensor(max(obs.threshold(), _MIN_THRESHOLD) / 127.0, dtype=torch.float32)
                   for x, obs in observers.items()}
         for p in plans:
@@ -207,8 +206,8 @@ class Quantize(Pass):
                 acc[1] += float((y.double() - yq.double()).pow(2).sum())
 
             watchers.setdefault(p.target.node, []).append(measure)
-        reference = run_watched(gm, batches, watchers, desc="sensitivity", progress=self.progress)
-        sqnr = {name: _db(signal, noise) for name, (signal, noise) in energy.items()}
+        reference = run_watched(gm, batches, watchers, desc="quant: sensitivity", progress=self.progress)
+        sqnr = {name: ratio_db(signal, noise) for name, (signal, noise) in energy.items()}
         return sqnr, reference
 
 
@@ -222,14 +221,6 @@ def _finite_then(node: fx.Node, then):
             then(values.result)
 
     return hook
-
-
-def _db(signal: float, noise: float) -> float:
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 def _plan(gm: fx.GraphModule, target: QuantTarget, scheme: str, cache: dict[int, tuple]) -> LayerPlan:
@@ -255,21 +246,6 @@ def _rebind(gm: fx.GraphModule, plans: list[LayerPlan], attention: bool, embeddi
         if p.act_scale is not None:
             p.act_scale = by_value.setdefault(p.target.x.name, p.act_scale)
     return rebound
-
-
-def output_error(actual: list[list[torch.Tensor]], reference: list[list[torch.Tensor]]) -> tuple[float, float]:
-    """(relative L2 error over all float outputs, minimum per-batch cosine)."""
-    diff2 = ref2 = 0.0
-    cosine = 1.0
-    for got, want in zip(actual, reference):
-        a = torch.cat([t.detach().double().flatten() for t in got if t.is_floating_point()] or [torch.zeros(0)])
-        r = torch.cat([t.detach().double().flatten() for t in want if t.is_floating_point()] or [torch.zeros(0)])
-        diff2 += float((a - r).pow(2).sum())
-        ref2 += float(r.pow(2).sum())
-        denom = float(a.norm() * r.norm())
-        cosine = min(cosine, float(a @ r) / denom if denom > 0 else float(torch.equal(a, r)))
-    rel = math.sqrt(diff2 / ref2) if ref2 > 0 else math.sqrt(diff2)
-    return rel, cosine
 
 
 def _row(t: QuantTarget, decision: LayerDecision, plan: LayerPlan | None, sqnr: float | None = None) -> LayerReport:

@@ -1,7 +1,6 @@
 """sg.quant.quantize end to end: numerics per scheme, exact rewrite counts, int8 boundaries, accuracy control,
 every zoo family, a pruned model, the pass in a pipeline string, save/load, and bad input."""
 
-import fnmatch
 from collections import Counter
 
 import pytest
@@ -285,6 +284,39 @@ def test_save_load_keeps_int8_storage(scheme, tmp_path):
     assert_identical(run(loaded, (x,)), run(q, (x,)))
 
 
-def test_patterns_match_fnmatch_semantics():
-    # skip= uses fnmatch: documented examples must behave as users expect.
-    assert fnmatch.fnmatchcase("encoder.layer.0.output.dense", "*.output.dense")
+def test_skip_glob_pattern_keeps_exactly_the_matching_nested_layers_float():
+    # the documented example: a '*' pattern matches dotted module paths at any depth, and nothing else
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.intermediate = nn.Module()
+            self.intermediate.dense = nn.Linear(16, 32)
+            self.output = nn.Module()
+            self.output.dense = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.output.dense(torch.relu(self.intermediate.dense(x))) + x
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Module()
+            self.encoder.layer = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            for block in self.encoder.layer:
+                x = block(x)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(3, 16)
+    q = quantize(model, (x,), "w8a8-dynamic", skip=["*.output.dense"])
+    rows = {r.name: r for r in last_report(q).layers}
+    float_rows = {name for name, r in rows.items() if not r.int8}
+    assert float_rows == {"encoder.layer.0.output.dense", "encoder.layer.1.output.dense"}, last_report(q).table()
+    assert all(rows[n].reason == "skip pattern '*.output.dense'" for n in float_rows)
+    assert {n for n, r in rows.items() if r.int8} == {"encoder.layer.0.intermediate.dense",
+                                                       "encoder.layer.1.intermediate.dense", "head"}
+    ops = Counter(n.target for n in q.graph.nodes if n.op == "call_function")
+    assert ops[aten.linear.default] == 2  # the two skipped layers run in float in the graph too
