@@ -25,7 +25,6 @@ float``, higher is better. Defaults for every option come from ``slimgraph.defau
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -111,9 +110,10 @@ def _history_table(gm) -> str:
 
 def cmd_passes(args) -> int:
     from .passes import registered_passes
+    from .passes.base import pass_options
 
     for name, cls in registered_passes().items():
-        opts = [f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.init]
+        opts = [f"{key}={default!r}" for key, default in pass_options(cls).items()]
         kind = "lossless" if cls.tolerance is not None else "lossy"
         print(f"{name:16s} {kind:8s} {cls.summary}")
         if opts:

@@ -56,6 +56,23 @@ class Pass:
         return f"{self.name}{{{','.join(opts)}}}" if opts else self.name
 
 
+def pass_options(cls: type[Pass]) -> dict[str, Any]:
+    """A pass's options with their defaults: exactly the fields a pipeline string can set.
+
+    Data a pass learns from (calibration batches, a loss callable) is never a field, so it never shows here
+    (see :class:`slimgraph.ir.calibration.UsesData`).
+    """
+    options = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            options[f.name] = f.default_factory()  # type: ignore[misc]
+        else:
+            options[f.name] = f.default
+    return options
+
+
 def _is_default_factory_value(f: dataclasses.Field, value) -> bool:
     if f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
         return False
