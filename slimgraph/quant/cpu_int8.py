@@ -16,10 +16,17 @@ When oneDNN runs (:func:`available`):
 Weights are prepacked once into oneDNN's blocked layout and cached per weight tensor (weakly: the cache entry
 goes when the weight does; an in-place change of the weight, seen through its version counter, repacks it).
 
-Two oneDNN constraints shape the calls:
+Three oneDNN constraints shape the calls:
   * fast kernels take unsigned activations only (the conv refuses int8 input; the GEMM accepts it but runs a
     reference loop, 1000x slower): the int8 input is mapped to uint8 with zero point 128 by flipping the sign
     bit (``q ^ 0x80 == q + 128``), which is exact;
+  * on x86 CPUs without VNNI (AVX2 only, e.g. this project's 2-core machines) the uint8 x int8 kernels add each
+    pair of neighbouring products in int16 with saturation (``vpmaddubsw``): 2 * 255 * 127 does not fit, so the
+    sign-bit mapping above gives wrong sums for large activations (measured: 255 instead of 32258). Checked once
+    at start-up (:func:`saturates`); there, only inputs in [0, 128] enter oneDNN (pairs <= 2 * 128 * 127 fit):
+    a non-negative input (after ReLU, the usual CNN case) goes in as it is with zero point 0, one call; a signed
+    one as its positive and negative parts, two calls whose float results are subtracted (exact sums, twice the
+    work). Both are exact like the reference;
   * its per-tensor activation scale is one number: per-row (dynamic, per-token) scales multiply the int32 GEMM
     result after the call, before the bias, as in the reference.
 """
@@ -36,7 +43,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..kernels.epilogue import apply_activation
 
-__all__ = ["available", "cache_info", "clear_cache", "qconv", "qlinear"]
+__all__ = ["available", "cache_info", "clear_cache", "qconv", "qlinear", "saturates"]
 
 log = logging.getLogger("slimgraph")
 
@@ -88,6 +95,38 @@ def _onednn_works() -> bool:
 def available() -> bool:
     """True when int8 Linear/Conv on CPU tensors run through oneDNN (see the module docstring for when)."""
     return not _disabled_by_env() and _onednn_works()
+
+
+@cache
+def saturates() -> bool:
+    """True when this CPU's oneDNN uint8 x int8 GEMM saturates pairs of products at int16 (x86 without VNNI)."""
+    if not _onednn_works():
+        return False
+    ops = torch.ops.onednn
+    packed = ops.qlinear_prepack(torch.full((1, 2), 127, dtype=torch.int8), None)
+    y = ops.qlinear_pointwise(torch.full((1, 2), 255, dtype=torch.uint8), 1.0, 0, packed, torch.ones(1),
+                              torch.zeros(1, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [], "")
+    return float(y) != 2 * 255 * 127
+
+
+def _unsigned_parts(q: torch.Tensor) -> list[tuple[torch.Tensor, int, float]]:
+    """``q`` (int8) as oneDNN inputs ``[(uint8 tensor, zero point, sign)]`` whose signed sum is ``q``; see the
+    module docstring (one input with zero point 128 where the kernels do not saturate, else parts in [0, 128])."""
+    if not saturates():
+        return [(_as_uint8(q), _ZERO_POINT, 1.0)]
+    if bool((q >= 0).all()):
+        return [(q.view(torch.uint8), 0, 1.0)]
+    wide = q.to(torch.int16)
+    return [(wide.clamp_min(0).to(torch.uint8), 0, 1.0), ((-wide).clamp_min(0).to(torch.uint8), 0, -1.0)]
+
+
+def _signed_sum(parts: list[tuple[torch.Tensor, int, float]], call) -> torch.Tensor:
+    """sum(sign * call(input, zero point)) over the parts; one call (no copy) for a single part."""
+    y = None
+    for xu, zero_point, sign in parts:
+        part = call(xu, zero_point)
+        y = part if y is None else (y.add_(part) if sign > 0 else y.sub_(part))
+    return y
 
 
 def clear_cache() -> None:
@@ -145,11 +184,11 @@ def qlinear(x, x_scale, w, w_scale, bias, act: str, out_scale, out_dtype: torch.
     ops = torch.ops.onednn
     packed, w_zero = _prepacked(w, ("linear",), lambda: ops.qlinear_prepack(w, None))
     w_scale = w_scale.to(torch.float32).reshape(-1).expand(w.shape[0]).contiguous()
-    xu = _as_uint8(x.contiguous())
+    parts = _unsigned_parts(x.contiguous())
     if per_row:
         # Row scales cannot go into the oneDNN call: scale the exact int32 sums afterwards, then bias, activation.
-        y = ops.qlinear_pointwise(xu, 1.0, _ZERO_POINT, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none",
-                                  [], "")
+        y = _signed_sum(parts, lambda xu, zp: ops.qlinear_pointwise(xu, 1.0, zp, packed, w_scale, w_zero, None, 1.0,
+                                                                    0, torch.float32, "none", [], ""))
         y.mul_(x_scale.to(torch.float32).reshape(*x.shape[:-1], 1))
         if bias is not None:
             y.add_(bias.to(torch.float32))
@@ -157,12 +196,21 @@ def qlinear(x, x_scale, w, w_scale, bias, act: str, out_scale, out_dtype: torch.
     name, scalars, algorithm = _LINEAR_POST_OPS.get(act, ("none", [], ""))
     fused = act in _LINEAR_POST_OPS
     x_scale = x_scale.to(torch.float32).reshape(())
-    zero_point = torch.full((), _ZERO_POINT, dtype=torch.int64)
-    if out_scale is not None and fused:
-        return ops.qlinear_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
-                                            float(out_scale), 0, torch.int8, name, scalars, algorithm)
-    y = ops.qlinear_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias), 1.0, 0,
-                                     torch.float32, name, scalars, algorithm)
+    if len(parts) == 1:  # bias, activation and requantization in oneDNN's epilogue
+        xu, zp, _ = parts[0]
+        zero_point = torch.full((), zp, dtype=torch.int64)
+        if out_scale is not None and fused:
+            return ops.qlinear_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
+                                                float(out_scale), 0, torch.int8, name, scalars, algorithm)
+        y = ops.qlinear_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias), 1.0,
+                                         0, torch.float32, name, scalars, algorithm)
+    else:  # parts: the epilogue runs here, on their difference
+        y = _signed_sum(parts, lambda xu, zp: ops.qlinear_pointwise.tensor(
+            xu, x_scale, torch.full((), zp, dtype=torch.int64), packed, w_scale, w_zero, None, 1.0, 0, torch.float32,
+            "none", [], ""))
+        if bias is not None:
+            y.add_(bias.to(torch.float32))
+        fused = False
     if not fused:
         y = apply_activation(y, act)
     return y.to(out_dtype) if out_scale is None else _requantize(y, out_scale)
@@ -202,22 +250,27 @@ def qconv(x, x_scale, w, w_scale, bias, stride, padding, dilation, groups: int, 
         return ops.qconv_prepack(weight, w_scale, 1.0, _ZERO_POINT, stride, padding, dilation, groups, None)
 
     packed, w_zero = _prepacked(w, ("conv", *geometry), pack)
-    xu = _as_uint8(x)
-    if conv1d:
-        xu = xu.unsqueeze(2)
+    parts = _unsigned_parts(x.unsqueeze(2) if conv1d else x)
     name, scalars, algorithm = _CONV_POST_OPS.get(act, ("none", [], ""))
-    fused = act in _CONV_POST_OPS
+    fused = act in _CONV_POST_OPS and len(parts) == 1  # parts: the epilogue runs here, on their difference
     x_scale = x_scale.to(torch.float32).reshape(())
-    zero_point = torch.full((), _ZERO_POINT, dtype=torch.int64)
-    if out_scale is not None and fused:
-        y = ops.qconv2d_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
-                                         stride, padding, dilation, groups, float(out_scale), 0, torch.int8, name,
-                                         scalars, algorithm)
+
+    def call(xu, zp, out_scale=1.0, dtype=torch.float32, bias=None, post=("none", [], "")):
+        return ops.qconv2d_pointwise.tensor(xu, x_scale, torch.full((), zp, dtype=torch.int64), packed, w_scale,
+                                            w_zero, bias, stride, padding, dilation, groups, out_scale, 0, dtype,
+                                            *post)
+
+    if fused and out_scale is not None:
+        xu, zp, _ = parts[0]
+        y = call(xu, zp, float(out_scale), torch.int8, _float_bias(bias), (name, scalars, algorithm))
     else:
-        y = ops.qconv2d_pointwise.tensor(xu, x_scale, zero_point, packed, w_scale, w_zero, _float_bias(bias),
-                                         stride, padding, dilation, groups, 1.0, 0, torch.float32, name, scalars,
-                                         algorithm)
-        if not fused:
+        if fused:
+            xu, zp, _ = parts[0]
+            y = call(xu, zp, bias=_float_bias(bias), post=(name, scalars, algorithm))
+        else:
+            y = _signed_sum(parts, call)
+            if bias is not None:
+                y.add_(bias.to(torch.float32).reshape(-1, *([1] * (y.dim() - 2))))
             y = apply_activation(y, act)
         y = y.to(out_dtype) if out_scale is None else _requantize(y, out_scale)
     if conv1d:

@@ -195,3 +195,31 @@ def test_quantized_model_output_unchanged_by_the_onednn_path(reference):
         fast, slow = q(*args), reference(lambda: q(*args))
     torch.testing.assert_close(fast, slow, rtol=1e-3, atol=1e-3 * float(slow.abs().max()))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("sign", ["non-negative", "signed"])
+def test_extreme_values_sum_exactly(sign, reference):
+    """Activations and weights at the int8 extremes: on x86 without VNNI oneDNN's uint8 x int8 kernels add pairs of
+    products in int16 with saturation, which gave 255 for 127 * 127 * 2 before inputs were kept in [0, 128]."""
+    k = 64
+    q = torch.full((3, k), 127, dtype=torch.int8)
+    if sign == "signed":
+        q[1] = -128  # the static quantizer's bottom value
+        q[2, ::2] = -127
+    wq = torch.full((5, k), 127, dtype=torch.int8)
+    wq[1] = -127
+    ws, one, bias = torch.rand(5) + 0.5, torch.tensor(1.0), torch.randn(5)
+    static = lambda: sg.qlinear_static(q, one, wq, ws, bias, "relu", None, torch.float32)  # noqa: E731
+    dynamic = lambda: sg.qlinear_dynamic(q, torch.ones(3), wq, ws, bias, "none", torch.float32)  # noqa: E731
+    expected = (q.double() @ wq.double().t() * ws.double() + bias.double()).float()
+    _close(static(), torch.relu(expected))
+    _close(dynamic(), expected)
+    _close(static(), reference(static))
+    x = q.reshape(1, 3, 8, 8)
+    cw = torch.full((2, 3, 3, 3), 127, dtype=torch.int8)
+    conv = lambda: sg.qconv_static(x, one, cw, torch.ones(2), None, [1, 1], [1, 1], [1, 1], 1, "none", None,  # noqa: E731
+                                   torch.float32)
+    want = torch.nn.functional.conv2d(x.double(), cw.double(), padding=1).float()
+    _close(conv(), want)
+    _close(conv(), reference(conv))
+
