@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from helpers import assert_close_outputs, assert_identical, assert_state_unchanged, count_ops, run, state_snapshot
 
 import slimgraph as sg
+from slimgraph.ir.graph_utils import add_constant
+from slimgraph.ir.propagate import refresh
 from slimgraph.passes import PassManager
 from slimgraph.testing import ZOO, make
 from slimgraph.testing.models import _randomize_bn
@@ -346,23 +348,35 @@ def test_fold_that_would_blow_up_memory_is_refused():
 
 
 def test_dce_removes_unused_nodes_and_their_weights():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.used = nn.Linear(4, 4)
-            self.unused = nn.Linear(4, 4)
-
-        def forward(self, x):
-            _ = self.unused(x)
-            return self.used(x)
-
-    model = M().eval()
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
     x = torch.randn(2, 4)
     gm = sg.capture(model, (x,))
-    had_unused = any(k.startswith("unused") for k in gm.state_dict())
+    # capture already drops dead code, so plant some: a linear nobody reads, with weights of its own, and a
+    # dead relu after it
+    graph = gm.graph
+    w = add_constant(gm, torch.randn(3, 4), "unused.weight", parameter=True)
+    b = add_constant(gm, torch.randn(3), "unused.bias", parameter=True)
+    inp = next(n for n in graph.nodes if n.op == "placeholder")
+    with graph.inserting_before(next(n for n in graph.nodes if n.op == "output")):
+        dead = graph.call_function(aten.linear.default, (inp, graph.get_attr(w), graph.get_attr(b)))
+        graph.call_function(aten.relu.default, (dead,))
+    refresh(gm)
+    gm.recompile()
+    assert count_ops(gm)[aten.linear.default] == 2 and any(k.startswith("unused") for k in gm.state_dict())
     result = PassManager("dce", check_numerics=True).run(gm)
-    if had_unused:
-        assert result.records[0].stats["elements_freed"] == 20
+    stats = result.records[0].stats
+    assert result.records[0].modified and stats == {"nodes_removed": 4, "elements_freed": 15}
     assert not any(k.startswith("unused") for k in result.gm.state_dict())
-    assert count_ops(result.gm)[aten.linear.default] == 1
+    assert not hasattr(result.gm, "unused"), "the emptied owner submodule goes too"
+    ops = count_ops(result.gm)
+    assert ops[aten.linear.default] == 1 and aten.relu.default not in ops
     assert_close_outputs(result.gm(x), model(x), rel=0)
+
+
+def test_dce_keeps_a_graph_without_dead_code_as_is():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    gm = sg.capture(model, (x,))
+    code = gm.code
+    result = PassManager("dce", check_numerics=True).run(gm)
+    assert not result.records[0].modified and result.gm.code == code

@@ -96,7 +96,9 @@ def fresh_attr_name(gm: fx.GraphModule, base: str) -> str:
     """A dotted attribute path not used yet, derived from ``base``.
 
     Each part is made a valid identifier that does not shadow an nn.Module member (a folded node named
-    ``to`` must not become ``module.to``).
+    ``to`` must not become ``module.to``), and every part but the last names a submodule or nothing yet:
+    ``w.input_scale`` next to a tensor attribute ``w`` (a layer named after its weight, not a module)
+    becomes ``w_input_scale``, since a tensor cannot own attributes.
     """
     parts = []
     for part in base.replace("-", "_").split("."):
@@ -104,6 +106,12 @@ def fresh_attr_name(gm: fx.GraphModule, base: str) -> str:
         if part[0].isdigit() or part in _MODULE_NAMES:
             part = f"_{part}"
         parts.append(part)
+    owner = gm
+    for i, part in enumerate(parts[:-1]):
+        owner = getattr(owner, part, None) if owner is not None else None
+        if owner is not None and not isinstance(owner, torch.nn.Module):
+            parts = parts[:i] + ["_".join(parts[i:])]
+            break
     base = ".".join(parts)
     candidate, i = base, 0
     while _getattr_path(gm, candidate) is not None:
