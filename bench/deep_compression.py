@@ -27,6 +27,7 @@ configuration with a short centroid fine-tuning by cosine distillation on the tr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -171,21 +172,46 @@ def run_minilm(args, workdir: Path) -> dict:
 
     dense_bytes = archive_bytes(dense, workdir, "minilm", False)[0]
     rows = []
-    for sparsity, bits, steps, emb_bits in args.minilm_configs:
+    allocation = None
+    if any(cfg["mean_bits"] for cfg in args.minilm_configs):  # probe once; every mean rate re-balances the same
         t0 = time.perf_counter()
+        allocation = sg.share.allocate_bits(dense, train_batches, mean_bits=4.0)
+        print(f"sensitivity probes: {time.perf_counter() - t0:.0f} s", flush=True)
+    for cfg in args.minilm_configs:
+        t0 = time.perf_counter()
+        sparsity, steps = cfg["sparsity"], cfg["steps"]
         base = dense if not sparsity else sg.sparsify(dense, sparsity=sparsity, scope="local", lower="off")
         data = train_batches if steps else None
-        shared = sg.share_weights(base, bits=bits, data=data, steps=steps or 1, output_loss="cosine",
-                                  lr=args.minilm_lr, temperature=1.0, per_layer={"embedding": emb_bits})
-        size = archive_bytes(shared, workdir, f"minilm-s{sparsity}-b{bits}-e{emb_bits}-ft{steps}", True)[0]
+        alloc = allocation.at(cfg["mean_bits"]) if cfg["mean_bits"] else None
+        if alloc is not None:  # = share_weights(quantizer="uniform", mean_bits=...), without probing again
+            options = {"quantizer": "uniform", "per_layer": alloc.bits}
+        else:
+            options = {"quantizer": cfg["quantizer"], "bits": cfg["bits"],
+                       "per_layer": {"embedding": cfg["embedding_bits"]}}
+        shared = sg.share_weights(base, data=data, steps=steps, output_loss="cosine", lr=args.minilm_lr,
+                                  temperature=1.0, **options)
+        size = archive_bytes(shared, workdir, f"minilm-{len(rows)}", True)[0]
+        report = last_report(shared)
+        entropy_bytes = sum(r.entropy * r.numel for r in report.shared) / 8
+        emb = next((r for r in report.shared if r.kind == "embedding" and r.numel > 10**6), None)
         mean, worst = cosine(shared)
-        rows.append({"sparsity": sparsity, "bits": bits, "embedding_bits": emb_bits, "finetune_steps": steps,
+        rows.append({"sparsity": sparsity, "quantizer": cfg["quantizer"], "mean_bits": cfg["mean_bits"],
+                     "bits": cfg["bits"], "embedding_bits": cfg["embedding_bits"], "finetune_steps": steps,
                      "bytes": size, "ratio": dense_bytes / size, "cosine_mean": mean, "cosine_min": worst,
-                     "seconds": time.perf_counter() - t0})
-        print(f"minilm sparsity={sparsity} bits={bits} embedding bits={emb_bits} steps={steps}: {size / 1e6:.2f} MB "
-              f"({dense_bytes / size:.1f}x), cosine {mean:.4f} (min {worst:.4f})", flush=True)
+                     "code_entropy_bits": sum(r.entropy * r.numel for r in report.shared) /
+                     max(1, sum(r.numel for r in report.shared)),
+                     "word_embedding_entropy_bits": emb.entropy if emb else None,
+                     "codes_entropy_bytes": entropy_bytes, "seconds": time.perf_counter() - t0,
+                     "layers": [{"name": r.name, "bits": r.bits, "entropy": r.entropy, "rel_error": r.rel_error,
+                                 "numel": r.numel} for r in report.shared]})
+        print(f"minilm {_label(rows[-1])}: {size / 1e6:.2f} MB ({dense_bytes / size:.2f}x; codes at their entropy "
+              f"{entropy_bytes / 1e6:.2f} MB), cosine {mean:.4f} (min {worst:.4f}) [{rows[-1]['seconds']:.0f} s]",
+              flush=True)
+        if alloc is not None:
+            print(alloc, flush=True)
     return {"model": "all-MiniLM-L6-v2", "params": sum(p.numel() for p in model.parameters()),
-            "dense_bytes": dense_bytes, "heldout_sentences": int(reference.shape[0]), "rows": rows}
+            "dense_bytes": dense_bytes, "heldout_sentences": int(reference.shape[0]), "rows": rows,
+            "sensitivity": allocation.sensitivity if allocation else None}
 
 
 # ----------------------------------------------------------------------------------------------- reporting
@@ -195,8 +221,10 @@ def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KB"
 
 
-def markdown(meta: dict, lenets: list[dict], minilm: dict | None) -> list[str]:
+def markdown(meta: dict, lenets: list[dict], minilm: dict | None, earlier: list[dict] = ()) -> list[str]:
     lines = ["# Deep Compression: prune, retrain, share, entropy-code", "", *meta_lines(meta), ""]
+    for run in earlier:
+        lines += ["Earlier rows of the table come from this run (`--append`):", "", *meta_lines(run), ""]
     if lenets:
         lines += ["## LeNets on sklearn digits (28x28 upsampled), whole archive files", ""]
         rows = []
@@ -234,12 +262,28 @@ def markdown(meta: dict, lenets: list[dict], minilm: dict | None) -> list[str]:
         lines += ["## all-MiniLM-L6-v2 (held-out sentence embeddings vs the original model)", "",
                   f"fp32 archive: {minilm['dense_bytes'] / 1e6:.2f} MB; {minilm['heldout_sentences']} held-out "
                   "sentences.", ""]
-        lines += md_table(["sparsity", "bits (linear)", "bits (embeddings)", "fine-tune steps", "archive", "ratio",
-                           "cosine mean", "cosine min"],
-                          [[f"{r['sparsity']:.0%}", r["bits"], r["embedding_bits"], r["finetune_steps"],
-                            f"{r['bytes'] / 1e6:.2f} MB",
-                            f"{r['ratio']:.1f}x", f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}"]
-                           for r in minilm["rows"]])
+        lines += md_table(["configuration", "archive", "ratio", "code entropy (bits/weight, all / word emb.)",
+                           "codes at entropy", "cosine mean", "cosine min"],
+                          [[_label(r), f"{r['bytes'] / 1e6:.2f} MB", f"{r['ratio']:.2f}x",
+                            f"{r['code_entropy_bits']:.3f} / {r['word_embedding_entropy_bits']:.3f}",
+                            f"{r['codes_entropy_bytes'] / 1e6:.2f} MB", f"{r['cosine_mean']:.4f}",
+                            f"{r['cosine_min']:.4f}"] for r in minilm["rows"]])
+        lines += ["", "Archive: the whole `sg.save(..., compress=True)` file (graph, codebooks, LayerNorms, biases, "
+                  "example inputs). \"Codes at entropy\" is what an ideal coder would spend on the code tensors "
+                  "alone (sum of numel x empirical entropy), to check the Huffman coder against. Cosine: held-out "
+                  "sentences (never used for calibration, allocation or fine-tuning) vs the fp32 model.", ""]
+        allocated = [r for r in minilm["rows"] if r["mean_bits"] and r["cosine_mean"] >= MINILM_COSINE]
+        if allocated:
+            head = max(allocated, key=lambda r: r["ratio"])
+            sens = minilm.get("sensitivity") or {}
+            lines += [f"Per-layer rates of \"{_label(head)}\" (sensitivity: relative squared output error on 4 "
+                      "training batches with only that layer quantized at 3 bits; rates by reverse water-filling, "
+                      "`slimgraph.share.allocate_bits`):", ""]
+            lines += md_table(["layer", "elements", "sensitivity", "bits (allocated)", "code entropy", "rel error"],
+                              [[x["name"], x["numel"], f"{sens[w]:.2e}" if (w := _weight(x["name"], sens)) else "-",
+                                f"{x['bits']:.2f}", f"{x['entropy']:.3f}", f"{x['rel_error']:.3e}"]
+                               for x in head["layers"]])
+            lines.append("")
         ok = [r for r in minilm["rows"] if r["ratio"] >= MINILM_RATIO and r["cosine_mean"] >= MINILM_COSINE]
         best = max(ok, key=lambda r: r["ratio"]) if ok else max(minilm["rows"], key=lambda r: r["cosine_mean"])
         lines += ["", target_line("minilm", f"{best['ratio']:.1f}x at cosine {best['cosine_mean']:.4f}",
@@ -265,7 +309,10 @@ def plot(lenets: list[dict], minilm: dict | None, out: str, stem: str) -> str:
         ax = axes[0][-1]
         for r in minilm["rows"]:
             ax.scatter(r["bytes"] / 1e6, r["cosine_mean"])
-            label = f"s{r['sparsity']:.0%} b{r['bits']}/e{r['embedding_bits']} ft{r['finetune_steps']}"
+            label = (f"a{r['mean_bits']:g}" if r["mean_bits"] else
+                     f"{'u' if r['quantizer'] == 'uniform' else 'k'}{r['bits']:g}/e{r['embedding_bits']:g}")
+            label += f" s{r['sparsity']:.0%}" * bool(r["sparsity"]) + f" ft{r['finetune_steps']}" * bool(
+                r["finetune_steps"])
             ax.annotate(label, (r["bytes"] / 1e6, r["cosine_mean"]), fontsize=7)
         ax.axhline(MINILM_COSINE, ls="--", c="gray")
         ax.axvline(minilm["dense_bytes"] / MINILM_RATIO / 1e6, ls=":", c="gray")
@@ -273,12 +320,36 @@ def plot(lenets: list[dict], minilm: dict | None, out: str, stem: str) -> str:
     return save_figure(fig, out, stem)
 
 
-def _configs(text: str) -> list[tuple[float, int, int, int]]:
-    """"sparsity:bits:steps[:embedding_bits]" items (embedding tables default to ``bits``)."""
+def _weight(layer: str, sensitivity: dict) -> str | None:
+    return next((w for w in (f"{layer}.weight", layer) if w in sensitivity), None)
+
+
+def _label(row: dict) -> str:
+    if row["mean_bits"]:
+        rate = f"uniform, mean {row['mean_bits']:g} bit allocated per layer"
+    elif row["quantizer"] == "uniform":
+        rate = f"uniform {row['bits']:g} bit / embeddings {row['embedding_bits']:g}"
+    else:
+        rate = f"k-means {row['bits']:g} bit / embeddings {row['embedding_bits']:g}"
+    return f"sparsity {row['sparsity']:.0%}, {rate}, fine-tune {row['finetune_steps']}"
+
+
+def _configs(text: str) -> list[dict]:
+    """"sparsity:bits:steps[:embedding_bits]" items (embedding tables default to ``bits``). ``bits`` forms:
+    ``5`` k-means codebooks of 5-bit codes; ``u3.5`` uniform quantizer at 3.5 bits of code entropy per weight;
+    ``a3.6`` uniform quantizer with per-layer rates allocated by measured sensitivity, mean 3.6 bits."""
     out = []
     for item in text.split(","):
         sparsity, bits, steps, *emb = item.split(":")
-        out.append((float(sparsity), int(bits), int(steps), int(emb[0]) if emb else int(bits)))
+        cfg = {"sparsity": float(sparsity), "steps": int(steps), "mean_bits": None, "quantizer": "kmeans"}
+        if bits.startswith("a"):
+            cfg.update(quantizer="uniform", mean_bits=float(bits[1:]), bits=None, embedding_bits=None)
+        else:
+            uniform = bits.startswith("u")
+            value = float(bits[1:]) if uniform else int(bits)
+            cfg.update(quantizer="uniform" if uniform else "kmeans", bits=value,
+                       embedding_bits=(float(emb[0]) if uniform else int(emb[0])) if emb else value)
+        out.append(cfg)
     return out
 
 
@@ -302,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minilm-lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--suffix", default="", help="appended to the result file names")
+    parser.add_argument("--append", action="store_true",
+                        help="add this run's MiniLM rows to the existing result file (one curve from several "
+                             "shorter runs; every run's command and metadata are kept)")
     args = parser.parse_args(argv)
     args.sparsity = {"lenet300": [float(v) for v in args.sparsity300.split(",")],
                      "lenet5": [float(v) for v in args.sparsity5.split(",")]}
@@ -309,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args.minilm_configs = _configs(args.minilm_configs)
     if args.quick:
         args.epochs, args.retrain_steps, args.share_steps, args.sweep_bits = 3, 20, 5, []
-        args.minilm_configs = [(0.0, 4, 0, 4)]
+        args.minilm_configs = _configs("0:a3.6:0")
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     meta = run_meta("bench.deep_compression", argv)
@@ -328,8 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     meta["wall_s"] = time.perf_counter() - wall
     meta["load_at_end"] = load()
     stem = STEM + args.suffix
-    payload = {"meta": meta, "lenets": lenets, "minilm": minilm}
-    lines = markdown(meta, lenets, minilm)
+    earlier = []
+    previous = Path(args.out) / f"{stem}.json"
+    if args.append and minilm and previous.exists():
+        old = json.loads(previous.read_text())
+        earlier = old.get("earlier_runs", []) + [old["meta"]]
+        minilm["rows"] = old["minilm"]["rows"] + minilm["rows"]
+        minilm["sensitivity"] = minilm["sensitivity"] or old["minilm"].get("sensitivity")
+    payload = {"meta": meta, "earlier_runs": earlier, "lenets": lenets, "minilm": minilm}
+    lines = markdown(meta, lenets, minilm, earlier)
     if not args.quick:
         lines.append(f"![size vs accuracy]({Path(plot(lenets, minilm, args.out, stem)).name})")
     for path in write_results(args.out, stem, payload, lines):

@@ -49,6 +49,16 @@ class BitAllocation:
     sensitivity: dict[str, float] = field(default_factory=dict)  # relative squared output error at the probe
     numel: dict[str, int] = field(default_factory=dict)
     probe_bits: float = 3.0
+    min_bits: float = 1.0
+    max_bits: float = 8.0
+
+    def at(self, mean_bits: float) -> BitAllocation:
+        """The same measured sensitivities re-balanced to another mean rate (no new probes): a size sweep."""
+        if not self.min_bits <= mean_bits <= self.max_bits:
+            raise InputError(f"mean_bits={mean_bits!r} must lie within [{self.min_bits}, {self.max_bits}]")
+        bits = _water_fill(self.sensitivity, self.numel, mean_bits, self.probe_bits, self.min_bits, self.max_bits)
+        return BitAllocation(mean_bits, bits, dict(self.sensitivity), dict(self.numel), self.probe_bits,
+                             self.min_bits, self.max_bits)
 
     def __str__(self) -> str:
         rows = [[w, self.numel[w], f"{self.sensitivity[w]:.2e}", f"{self.bits[w]:.2f}"] for w in self.bits]
@@ -83,7 +93,7 @@ def allocate_bits(gm: fx.GraphModule, data: Iterable | None = None, mean_bits: f
     if not batches:
         raise InputError("allocate_bits: data is empty")
     reference = [_float_leaves(run_module(gm, args, kwargs)) for args, kwargs in batches]
-    alloc = BitAllocation(mean_bits, probe_bits=probe_bits)
+    alloc = BitAllocation(mean_bits, probe_bits=probe_bits, min_bits=min_bits, max_bits=max_bits)
     for layer in kept:
         w = get_attr_tensor(gm, layer.nodes[0].args[_weight_arg(layer)])
         saved = w.detach().clone()

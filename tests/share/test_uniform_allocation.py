@@ -105,6 +105,9 @@ def test_allocation_gives_the_sensitive_layer_more_bits_at_the_requested_mean():
     assert alloc.bits["side.weight"] > max(alloc.bits[w] for w in alloc.bits if w != "side.weight") + 1
     assert all(1.0 <= b <= 8.0 for b in alloc.bits.values())
     assert "bit allocation" in str(alloc)
+    richer = alloc.at(4.0)  # re-balanced from the same probes
+    assert richer.sensitivity == alloc.sensitivity and all(richer.bits[w] >= alloc.bits[w] for w in alloc.bits)
+    assert abs(sum(richer.bits[w] * richer.numel[w] for w in richer.bits) / sum(richer.numel.values()) - 4.0) < 0.01
 
 
 def test_share_with_mean_bits_beats_one_rate_for_all():
