@@ -30,6 +30,15 @@ def _compiled(model, **options):
     return torch.compile(model, backend=sg.backend(inner="eager", **options))
 
 
+def _frozen_record():
+    """The last compile, checked to be slimgraph's own (BN folded into frozen constants), not a fallback to the
+    unmodified graph: a fallback reads the weights on every call and would pass the tests below trivially."""
+    record = COMPILED[-1]
+    assert record.fallback is None, record.fallback
+    assert "fold-bn" in record.applied and "fuse" in record.applied, record.applied
+    return record
+
+
 @pytest.mark.parametrize("quant", [None, "w8a8-dynamic"])
 def test_load_state_dict_after_compile_recompiles(quant):
     model, x = _model(0), torch.randn(2, 3, 8, 8)
@@ -51,6 +60,7 @@ def test_optimizer_step_is_seen():
     compiled = _compiled(model)
     with torch.no_grad():
         compiled(x)
+    record = _frozen_record()
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     model(x).square().sum().backward()
@@ -58,6 +68,7 @@ def test_optimizer_step_is_seen():
     model.eval()
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
+    assert record.recompiles == 1
 
 
 def test_replaced_parameter_data_is_seen():
@@ -65,8 +76,10 @@ def test_replaced_parameter_data_is_seen():
     compiled = _compiled(model)
     with torch.no_grad():
         compiled(x)
+        record = _frozen_record()
         model[4].weight.data = torch.randn_like(model[4].weight)
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
+    assert record.recompiles == 1
 
 
 def test_frozen_true_raises_instead_of_recompiling():
@@ -74,6 +87,7 @@ def test_frozen_true_raises_instead_of_recompiling():
     compiled = _compiled(model, frozen=True)
     with torch.no_grad():
         compiled(x)
+        _frozen_record()
         model[0].weight.mul_(2.0)
         with pytest.raises(SlimgraphError, match="frozen=True"):
             compiled(x)
@@ -84,7 +98,7 @@ def test_unchanged_weights_do_not_recompile():
     compiled = _compiled(model)
     with torch.no_grad():
         compiled(x)
-        record = COMPILED[-1]
+        record = _frozen_record()
         for _ in range(3):
             compiled(x)
     assert record.recompiles == 0

@@ -1,3 +1,4 @@
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,12 +59,27 @@ class _BreakGraph(Pass):
         return PassResult(gm, True)
 
 
+@dataclass(frozen=True)
+class _Slow(Pass):
+    """Takes a known minimum time and changes nothing: what the manager records as its time must cover it."""
+
+    name: ClassVar[str] = "test-slow"
+    seconds: float = 0.05
+
+    def run(self, gm):
+        time.sleep(self.seconds)
+        return PassResult(gm, False)
+
+
+_TEST_PASSES = (_Options, _BreakNumerics, _BreakGraph, _Slow)
+
+
 @pytest.fixture(autouse=True)
 def _register_test_passes():
-    for cls in (_Options, _BreakNumerics, _BreakGraph):
+    for cls in _TEST_PASSES:
         register_pass(cls)
     yield
-    for cls in (_Options, _BreakNumerics, _BreakGraph):
+    for cls in _TEST_PASSES:
         _REGISTRY.pop(cls.name, None)
 
 
@@ -132,12 +148,18 @@ def test_verifier_catches_a_malformed_graph():
 def test_records_time_stats_and_errors():
     model, args = _model()
     gm = sg.capture(model, args)
-    result = PassManager("fold-bn,fuse", check_numerics=True).run(gm)
-    fuse = result.records[1]
-    assert fuse.modified and fuse.stats["linear_act"] == 1 and fuse.seconds >= 0
+    start = time.perf_counter()
+    result = PassManager("fold-bn,test-slow,fuse", check_numerics=True).run(gm)
+    wall = time.perf_counter() - start
+    assert [r.name for r in result.records] == ["fold-bn", "test-slow", "fuse"]  # in pipeline order
+    slow, fuse = result.records[1], result.records[2]
+    assert 0.05 <= slow.seconds < wall and not slow.modified  # the pass's own time is what is recorded
+    assert all(r.seconds > 0 for r in result.records) and result.seconds <= wall
+    assert fuse.modified and fuse.stats["linear_act"] == 1
     assert fuse.error_vs_input is not None and fuse.error_vs_input.max_rel <= 1e-6
     assert "fuse" in result.table()
     assert sg.graph_info(result.gm).applied == ["fuse"]
+    assert [r.name for r in sg.graph_info(result.gm).history] == ["fold-bn", "test-slow", "fuse"]
 
 
 def test_dump_writes_graph_after_every_pass(tmp_path, monkeypatch):

@@ -54,7 +54,37 @@ def test_file_holds_no_pickle_and_is_plain_safetensors(tmp_path):
         keys = set(f.keys())
     assert meta["format"] == "slimgraph" and "graph" in meta
     assert "fc1.weight" in keys
-    assert b"\x80\x04" not in path.read_bytes()[:64]  # not a pickle stream
+    assert _safetensors_layout(path.read_bytes()) == keys  # every byte is header JSON or a listed tensor's data
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _safetensors_layout(data: bytes) -> set[str]:
+    """Checks that ``data`` is nothing but the safetensors layout and returns its tensor names.
+
+    Layout: an 8-byte little-endian header length N, N bytes of JSON (string metadata + one entry per tensor),
+    then the tensors' raw bytes, which must tile the rest of the file exactly (no gaps, no overlaps, nothing
+    after). A file that passes holds no room for a pickle (or any other) payload anywhere.
+    """
+    import json
+    import math
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    assert all(isinstance(v, str) for v in header.pop("__metadata__", {}).values())
+    spans = []
+    for name, entry in header.items():
+        assert set(entry) == {"dtype", "shape", "data_offsets"}, (name, entry)
+        start, end = entry["data_offsets"]
+        assert end - start == math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]], name
+        spans.append((start, end))
+    position = 0
+    for start, end in sorted(spans):
+        assert start == position, f"gap or overlap in the data region at byte {position}"
+        position = end
+    assert 8 + n + position == len(data), "bytes after the last tensor"
+    return set(header)
 
 
 def test_tied_weights_stay_tied(tmp_path):
