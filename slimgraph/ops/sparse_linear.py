@@ -12,7 +12,9 @@ deep copies and ``state_dict`` treat them like any weight. Schema::
 Execution: ``torch.sparse.mm`` over a CSR view of the three tensors (MKL sparse BLAS on x86 CPUs, cuSPARSE on
 CUDA; int32 indices, which MKL needs for its fast path). For a single row on CPU, scipy's CSR matrix-vector product
 is used instead when scipy is installed: torch's CSR path does not beat the dense GEMV there while scipy's does
-(bench/results/sparse-mlp-cpu.md, backend rows). fp16/bf16 on CPU compute in fp32 (no sparse half
+(bench/results/sparse-mlp-cpu.md, backend rows). scipy's product is single-threaded but releases the GIL, so the
+weight's rows are cut into ``torch.get_num_threads()`` blocks of equal nonzero counts, multiplied in a thread pool
+(the dense GEMV it competes with uses every thread too). fp16/bf16 on CPU compute in fp32 (no sparse half
 kernels there). Cost: ``rows x nnz`` MACs. ONNX: densified in the graph (ScatterND of the stored values) and one
 ``Gemm``; runtimes see a dense layer, exact to the stored values. No autograd: this is an inference form; fine-tune
 the dense sparsified model (``graph_info(gm).sparsity``) before lowering.
@@ -24,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from math import prod
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +42,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # the dense GEMV by >10x in every committed run (bench/results/sparse-mlp-cpu.md); at 2-8 rows torch's was ahead, and
 # beyond that the two traded places between runs on the loaded machine, so the threaded torch path keeps them.
 SCIPY_MAX_ROWS = 1
+# Below this many stored weights one thread does the scipy product: a pool hand-off costs tens of microseconds.
+SCIPY_THREADED_MIN_NNZ = 1 << 16
+_pool: tuple[int, object] | None = None  # (workers, ThreadPoolExecutor), made on first use
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,33 @@ def _scipy_rows(x2, crow, col, values, n: int, k: int):
         import scipy.sparse as sps
     except ImportError:
         return None
-    a = sps.csr_matrix((values.numpy(), col.numpy(), crow.numpy()), shape=(n, k))
-    return torch.from_numpy(a @ x2.numpy().T).T
+    xt = x2.numpy().T
+    threads = min(torch.get_num_threads(), n)
+    if threads <= 1 or values.numel() < SCIPY_THREADED_MIN_NNZ:
+        return torch.from_numpy(sps.csr_matrix((values.numpy(), col.numpy(), crow.numpy()), shape=(n, k)) @ xt).T
+    ptr = crow.numpy()
+    # row blocks holding about the same number of stored weights (the work), as cut points into the rows
+    cuts = np.searchsorted(ptr, np.linspace(0, ptr[-1], threads + 1)[1:-1]).tolist()
+    bounds = list(zip([0, *cuts], [*cuts, n]))
+    out = np.empty((n, xt.shape[1]), dtype=xt.dtype)
+
+    def block(rows: tuple[int, int]) -> None:
+        r0, r1 = rows
+        lo, hi = int(ptr[r0]), int(ptr[r1])
+        part = sps.csr_matrix((values.numpy()[lo:hi], col.numpy()[lo:hi], ptr[r0:r1 + 1] - lo), shape=(r1 - r0, k))
+        out[r0:r1] = part @ xt
+
+    list(_thread_pool(threads).map(block, [b for b in bounds if b[1] > b[0]]))
+    return torch.from_numpy(out).T
+
+
+def _thread_pool(workers: int):
+    global _pool
+    if _pool is None or _pool[0] != workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="slimgraph-sparse"))
+    return _pool[1]
 
 
 def _torch_rows(x2, crow, col, values, n: int, k: int) -> torch.Tensor:

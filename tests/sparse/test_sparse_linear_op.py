@@ -95,3 +95,27 @@ def test_lowered_model_exports_to_onnx_and_matches(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), sp(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_threaded_scipy_row_blocks_match_one_thread(monkeypatch, threads):
+    pytest.importorskip("scipy")
+    import slimgraph.ops.sparse_linear as sl
+
+    w = sparse_weight(37, 50)
+    w[5:12] = 0  # empty rows: block cuts may fall on them
+    w[30:] = 0
+    csr = to_csr(w)
+    x = torch.randn(1, 50)
+    old = torch.get_num_threads()
+    monkeypatch.setattr(sl, "SCIPY_THREADED_MIN_NNZ", 0)
+    try:
+        torch.set_num_threads(1)
+        single = sparse_linear(x, csr)
+        torch.set_num_threads(threads)
+        threaded = sparse_linear(x, csr)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(threaded, single)  # each row is the same product, only computed on another thread
+    torch.testing.assert_close(threaded, F.linear(x.double(), w.double()).float(), rtol=1e-5, atol=1e-5)
+    assert sl._pool is not None and sl._pool[0] == threads
