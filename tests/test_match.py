@@ -116,7 +116,9 @@ def test_conv_geometry_keeps_string_padding_and_reads_conv_act():
     same = graph.call_function(aten.conv2d.padding, (x, w, None, [1, 1], "same"))
     fused = graph.call_function(torch.ops.slimgraph.conv_act.default,
                                 (x, w, None, [1, 1], [1, 1], [1, 1], 1, "relu"))
+    default = graph.call_function(aten.conv2d.padding, (x, w))
     assert conv_geometry(same).padding == "same" and conv_dims(same) == 2
+    assert conv_geometry(default).padding == "valid" and conv_geometry(default).stride == (1, 1)
     assert conv_geometry(fused).padding == (1, 1) and conv_dims(fused) == 2
     assert same.target not in CONVS and fused.target in FUSED_CONVS
 

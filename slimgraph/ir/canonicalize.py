@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 
 from .graph_utils import VIEW_OPS, add_constant, get_attr_tensor, set_attr_tensor, users_after
+from .match import arg, conv_geometry, value_of
 
 aten = torch.ops.aten
 
@@ -241,22 +242,19 @@ _STRING_PADDING_CONVS = {aten.conv1d.padding: aten.conv1d.default, aten.conv2d.p
 
 def _explicit_padding(gm: fx.GraphModule, node: fx.Node) -> bool:
     # conv(x, W, b, stride, "same"|"valid", dilation, groups)  =>  conv(x | pad(x), W, b, stride, int padding, ...)
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    defaults = {"bias": None, "stride": 1, "padding": "valid", "dilation": 1, "groups": 1}
-    a = {n: node.args[i] if i < len(node.args) else node.kwargs.get(n, defaults.get(n)) for i, n in enumerate(names)}
-    w = a["weight"].meta.get("val") if isinstance(a["weight"], fx.Node) else None
-    if not isinstance(w, torch.Tensor) or a["padding"] not in ("same", "valid"):
+    w = value_of(arg(node, 1, "weight"))
+    geometry = conv_geometry(node)
+    if not isinstance(w, torch.Tensor) or geometry.padding not in ("same", "valid"):
         return False
     kernel = [int(k) for k in w.shape[2:]]
     dims = len(kernel)
-    dilation, stride = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (a["dilation"], a["stride"]))
-    dilation, stride = (v * dims if len(v) == 1 else v for v in (dilation, stride))
-    if a["padding"] == "valid":
+    dilation, stride = list(geometry.dilation), list(geometry.stride)
+    if geometry.padding == "valid":
         total = [0] * dims
     else:  # torch: "same" (stride 1 only) pads d*(k-1) in all, the odd one on the right
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
     left = [t // 2 for t in total]
-    x = a["input"]
+    x = arg(node, 0, "input")
     with gm.graph.inserting_before(node):
         if any(t % 2 for t in total):
             pads = []
@@ -265,7 +263,8 @@ def _explicit_padding(gm: fx.GraphModule, node: fx.Node) -> bool:
             x = gm.graph.call_function(aten.constant_pad_nd.default, (x, pads, 0.0))
             left = [0] * dims
         conv = gm.graph.call_function(_STRING_PADDING_CONVS[node.target],
-                                      (x, a["weight"], a["bias"], stride, left, dilation, a["groups"]))
+                                      (x, arg(node, 1, "weight"), arg(node, 2, "bias"), stride, left, dilation,
+                                       geometry.groups))
     conv.meta.update(node.meta)
     node.replace_all_uses_with(conv)
     gm.graph.erase_node(node)

@@ -2,12 +2,12 @@
 
 A rewrite pass is a list of patterns, each with a one-line sketch of what it does::
 
-    BN_PATTERNS = [
-        # conv -> bn  =>  conv'
-        Pattern("folded_into_producer", BATCH_NORMS, legal=_after_conv, rewrite=_fold_into_conv),
+    FOLD_PATTERNS = [                                   # passes/fold_bn.py
+        # conv / conv_transpose / linear -> bn  =>  conv' (w * s, b * s + t)
+        Pattern("folded_into_producer", BATCH_NORMS, _after_layer, _fold_into_producer),
         ...
     ]
-    rewrites = apply_patterns(gm, BN_PATTERNS)          # counts per pattern, nodes left, notes
+    rewrites = apply_patterns(gm, FOLD_PATTERNS)        # counts per pattern, nodes left alone, notes
 
 ``apply_patterns`` walks the graph once, in order. At each call node it tries, in list order, every pattern
 whose ``targets`` hold the node's op, for as long as the node is still in the graph (so ``linear -> add``
@@ -155,7 +155,7 @@ def conv_geometry(node: fx.Node) -> ConvGeometry:
     else:
         groups, dilation_at = arg(node, 6, "groups", 1), 5
         output_padding = ()
-    padding = arg(node, 4, "padding")
+    padding = arg(node, 4, "padding", "valid" if node.target in STRING_PADDING_CONVS else None)  # schema defaults
     return ConvGeometry(
         stride=ints(arg(node, 3, "stride"), 1),
         padding=padding if isinstance(padding, str) else ints(padding, 0),
