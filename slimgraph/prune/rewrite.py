@@ -20,7 +20,9 @@ import torch.fx as fx
 from ..ir.graph_utils import _getattr_path, set_attr_tensor
 from ..ir.info import node_info
 from ..ir.propagate import annotate, propagate
+from ..ir.recurrent import symbolic_rnn_propagation
 from .analysis import CONVS, Analysis, Labels
+from .analysis.recurrent import ZEROS
 from .labels import FIXED
 
 aten = torch.ops.aten
@@ -113,7 +115,8 @@ def apply(a: Analysis, removed: np.ndarray) -> dict[str, tuple[tuple[int, ...], 
             dirty.add(node)
             node.meta.pop("val", None)
             node.meta.pop("tensor_meta", None)
-    propagate(gm, only_missing=True, before_node=_fix_expand)
+    with symbolic_rnn_propagation(gm):
+        propagate(gm, only_missing=True, before_node=_fix_expand)
     annotate(gm)
     gm.recompile()
     return changed
@@ -169,6 +172,11 @@ def _rewrite_shape_args(a: Analysis, removed: np.ndarray) -> None:
                 new_start = int(np.searchsorted(keep, start))
                 new_end = int(np.searchsorted(keep, end))
                 node.args = (node.args[0], dim, new_start, new_end, *node.args[4:])
+        elif t in ZEROS and isinstance(out, Labels):  # an RNN's zero initial state: its width follows the units
+            pos = ZEROS[t]
+            sizes = [kept_size(a, out, d, s, removed) if isinstance(s, int) else s
+                     for d, s in enumerate(node.args[pos])]
+            node.args = (*node.args[:pos], sizes, *node.args[pos + 1:])
         elif t is aten.layer_norm.default and inp is not None:
             shape = a.shape(node.args[0])
             k = len(node.args[1])

@@ -26,7 +26,7 @@ from __future__ import annotations
 from ..labels import Labels
 
 # rule modules register themselves in RULES on import, in this order (experts wraps attention's matmul rule)
-from . import attention, elementwise, experts, layers, reductions, shapes  # noqa: F401
+from . import attention, elementwise, experts, layers, recurrent, reductions, shapes  # noqa: F401
 from .driver import analyze
 from .elementwise import couple_elementwise
 from .layers import CONV_TRANSPOSES, CONVS
