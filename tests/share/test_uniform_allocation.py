@@ -134,3 +134,14 @@ def test_bad_arguments(kwargs, match):
     model, x = _mlp()
     with pytest.raises(InputError, match=match):
         sg.share_weights(model, x, **kwargs)
+
+
+def test_uniform_codes_survive_the_compressed_archive(tmp_path):
+    model, x = _mlp()
+    sh = sg.share_weights(model, x, bits=2.0, quantizer="uniform")
+    sg.save(sh, tmp_path / "m.sg", compress=True)
+    loaded = sg.load(tmp_path / "m.sg")
+    assert torch.equal(run(loaded, x), run(sh, x))
+    coded = (tmp_path / "m.sg").stat().st_size
+    sg.save(sh, tmp_path / "plain.sg")
+    assert coded < (tmp_path / "plain.sg").stat().st_size  # the low-entropy codes shrink under the coder
