@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ..ir.graph_utils import add_constant, get_attr_tensor
+from ..ir.graph_utils import add_constant
+from ..ir.match import Pattern, apply_patterns, arg, constant, is_call, only_reader, precedes, value_of
 from ..ir.propagate import copy_provenance, invalidate
 from ..passes.dce import tidy
 from . import ops  # noqa: F401 - registers torch.ops.slimgraph.q*
@@ -197,129 +198,139 @@ INT8_SAFE = {
     aten.contiguous.default, aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default, aten.clone.default,
 }
 _REQUANTIZABLE = {sgops.qlinear_static.default, sgops.qconv_static.default}
-
-
-def _nodes(gm: fx.GraphModule, target) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is target]
-
-
-def hoist_static_quantize(gm: fx.GraphModule) -> int:
-    """quantize(T(v), s) => T(quantize(v, s)) for int8-safe T whose only reader is the quantize."""
-    graph, hoisted, changed = gm.graph, 0, True
-    while changed:
-        changed = False
-        for q in _nodes(gm, sgops.quantize_per_tensor.default):
-            src = q.args[0]
-            if (not isinstance(src, fx.Node) or src.op != "call_function" or src.target not in INT8_SAFE
-                    or len(src.users) != 1 or not isinstance(src.args[0], fx.Node)):
-                continue
-            with graph.inserting_before(src):
-                inner_q = graph.call_function(sgops.quantize_per_tensor.default, (src.args[0], q.args[1]))
-                moved = graph.call_function(src.target, (inner_q, *src.args[1:]), dict(src.kwargs))
-            copy_provenance(inner_q, q)
-            copy_provenance(moved, src)
-            q.replace_all_uses_with(moved)
-            graph.erase_node(q)
-            graph.erase_node(src)
-            hoisted += 1
-            changed = True
-    return hoisted
-
-
-def merge_duplicate_quantize(gm: fx.GraphModule) -> int:
-    """Two quantize nodes of one value with equal scales become one."""
-    seen: dict[tuple, fx.Node] = {}
-    merged = 0
-    for q in _nodes(gm, sgops.quantize_per_tensor.default):
-        scale = get_attr_tensor(gm, q.args[1]) if isinstance(q.args[1], fx.Node) else None
-        key = (q.args[0], float(scale) if scale is not None else q.args[1])
-        if key in seen:
-            q.replace_all_uses_with(seen[key])
-            gm.graph.erase_node(q)
-            merged += 1
-        else:
-            seen[key] = q
-    return merged
-
-
-def fuse_requantize(gm: fx.GraphModule) -> int:
-    """quantize(qop(...), s) => qop(..., out_scale=s) when the quantize is the int8 op's only reader."""
-    fused = 0
-    for q in _nodes(gm, sgops.quantize_per_tensor.default):
-        producer = q.args[0]
-        if (not isinstance(producer, fx.Node) or producer.target not in _REQUANTIZABLE or len(producer.users) != 1):
-            continue
-        args = list(producer.args)
-        args[-2] = q.args[1]  # out_scale: the epilogue now writes int8
-        producer.args = tuple(args)
-        invalidate(producer)  # its dtype changed; the manager re-propagates it
-        q.replace_all_uses_with(producer)
-        gm.graph.erase_node(q)
-        fused += 1
-    return fused
-
-
 _ROW_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+
+
+def _hoistable(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
+    """The int8-safe op ``q`` quantizes, if ``q`` is its only reader."""
+    src = q.args[0]
+    if is_call(src, INT8_SAFE) and only_reader(src) is q and isinstance(src.args[0], fx.Node):
+        return src
+    return None
+
+
+def _hoist(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
+    graph = gm.graph
+    with graph.inserting_before(src):
+        inner_q = graph.call_function(sgops.quantize_per_tensor.default, (src.args[0], q.args[1]))
+        moved = graph.call_function(src.target, (inner_q, *src.args[1:]), dict(src.kwargs))
+    copy_provenance(inner_q, q)
+    copy_provenance(moved, src)
+    q.replace_all_uses_with(moved)
+    graph.erase_node(q)
+    graph.erase_node(src)
+
+
+def _scale_key(gm: fx.GraphModule, q: fx.Node):
+    scale = constant(gm, q.args[1])
+    return float(scale) if scale is not None else q.args[1]
+
+
+def _earlier_twin(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
+    """An earlier quantize of the same value with an equal scale."""
+    if not isinstance(q.args[0], fx.Node):
+        return None
+    key = _scale_key(gm, q)
+    return next((u for u in q.args[0].users if u is not q and u.target is q.target and u.args[0] is q.args[0]
+                 and precedes(u, q) and _scale_key(gm, u) == key), None)
+
+
+def _merge(gm: fx.GraphModule, q: fx.Node, twin: fx.Node) -> None:
+    q.replace_all_uses_with(twin)
+    gm.graph.erase_node(q)
+
+
+def _requantizable(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
+    """The static int8 op whose float output ``q`` alone quantizes."""
+    producer = q.args[0]
+    return producer if is_call(producer, _REQUANTIZABLE) and only_reader(producer) is q else None
+
+
+def _requantize(gm: fx.GraphModule, q: fx.Node, producer: fx.Node) -> None:
+    args = list(producer.args)
+    args[-2] = q.args[1]  # out_scale: the epilogue now writes int8
+    producer.args = tuple(args)
+    invalidate(producer)  # its dtype changed; the manager re-propagates it
+    q.replace_all_uses_with(producer)
+    gm.graph.erase_node(q)
 
 
 def _row_view(node) -> list | None:
     """The target shape of a view that keeps the last dim (rows regrouped, e.g. GPT-2's view(-1, K)), else None."""
-    if not isinstance(node, fx.Node) or node.target not in _ROW_VIEWS or len(node.users) != 1:
+    if not is_call(node, _ROW_VIEWS) or only_reader(node) is None:
         return None
-    shape, source = list(node.args[1]), node.args[0]
-    val = source.meta.get("val") if isinstance(source, fx.Node) else None
+    shape, val = list(node.args[1]), value_of(node.args[0])
     if val is None or not shape or not isinstance(shape[-1], int) or shape[-1] != val.shape[-1]:
         return None
     return shape
 
 
-def fuse_layer_norm_quantize(gm: fx.GraphModule) -> int:
-    """dynamic_quantize_per_token(layer_norm(h)) => layer_norm_quantize_per_token(h) (LayerNorm has no other reader).
+@dataclass
+class _NormQuantize:
+    ln: fx.Node
+    view: fx.Node | None  # a row view between the LayerNorm and the quantizer
+    view_shape: list | None
 
-    Per-token quantization commutes with a view that keeps rows intact, so the fusion also reaches through one:
-    dynamic_quantize_per_token(view(layer_norm(h), [-1, K])) => view(layer_norm_quantize_per_token(h), ...)
-    """
-    fused = 0
-    graph = gm.graph
-    for q in _nodes(gm, sgops.dynamic_quantize_per_token.default):
-        view_shape = _row_view(q.args[0])
-        ln = q.args[0].args[0] if view_shape is not None else q.args[0]
-        if not isinstance(ln, fx.Node) or ln.target is not aten.layer_norm.default or len(ln.users) != 1:
-            continue
-        args = list(ln.args) + [None] * (5 - len(ln.args))
-        x, shape, weight, bias, eps = args[:5]
-        val = x.meta.get("val") if isinstance(x, fx.Node) else None
-        if val is None or len(shape) != 1 or val.shape[-1] != shape[0]:
-            continue  # the kernel normalizes over the last dim only
-        if view_shape is not None and any(u.target is not operator.getitem for u in q.users):
-            continue
-        with graph.inserting_before(q):
-            new = graph.call_function(sgops.layer_norm_quantize_per_token.default,
-                                      (x, list(shape), weight, bias, float(1e-5 if eps is None else eps)))
-        copy_provenance(new, ln)
-        if view_shape is None:
-            q.replace_all_uses_with(new)
-        else:  # rows regrouped: reshape the int8 rows and their scales the same way
-            for user in list(q.users):
-                index = user.args[1]
-                with graph.inserting_before(user):
-                    part = graph.call_function(operator.getitem, (new, index))
-                    reshaped = graph.call_function(aten.reshape.default,
-                                                   (part, view_shape if index == 0 else view_shape[:-1]))
-                user.replace_all_uses_with(reshaped)
-                graph.erase_node(user)
-        view = q.args[0] if view_shape is not None else None
-        graph.erase_node(q)
-        if view is not None:
-            graph.erase_node(view)
-        graph.erase_node(ln)
-        fused += 1
-    return fused
+
+def _norm_then_quantize(gm: fx.GraphModule, q: fx.Node) -> _NormQuantize | None:
+    """A LayerNorm over the last dim, read only by ``q`` (directly or through one row view)."""
+    view_shape = _row_view(q.args[0])
+    view = q.args[0] if view_shape is not None else None
+    ln = view.args[0] if view is not None else q.args[0]
+    if not is_call(ln, {aten.layer_norm.default}) or only_reader(ln) is None:
+        return None
+    x, shape = ln.args[0], arg(ln, 1, "normalized_shape")
+    val = value_of(x)
+    if val is None or len(shape) != 1 or val.shape[-1] != shape[0]:
+        return None  # the kernel normalizes over the last dim only
+    if view is not None and any(u.target is not operator.getitem for u in q.users):
+        return None
+    return _NormQuantize(ln, view, view_shape)
+
+
+def _fuse_norm_quantize(gm: fx.GraphModule, q: fx.Node, m: _NormQuantize) -> None:
+    graph, ln = gm.graph, m.ln
+    eps = arg(ln, 4, "eps")
+    with graph.inserting_before(q):
+        new = graph.call_function(sgops.layer_norm_quantize_per_token.default,
+                                  (ln.args[0], list(arg(ln, 1, "normalized_shape")), arg(ln, 2, "weight"),
+                                   arg(ln, 3, "bias"), float(1e-5 if eps is None else eps)))
+    copy_provenance(new, ln)
+    if m.view is None:
+        q.replace_all_uses_with(new)
+    else:  # rows regrouped: reshape the int8 rows and their scales the same way
+        for user in list(q.users):
+            index = user.args[1]
+            with graph.inserting_before(user):
+                part = graph.call_function(operator.getitem, (new, index))
+                reshaped = graph.call_function(aten.reshape.default,
+                                               (part, m.view_shape if index == 0 else m.view_shape[:-1]))
+            user.replace_all_uses_with(reshaped)
+            graph.erase_node(user)
+    graph.erase_node(q)
+    if m.view is not None:
+        graph.erase_node(m.view)
+    graph.erase_node(ln)
+
+
+_QUANTIZE = {sgops.quantize_per_tensor.default}
+# Boundary stages, each run over the whole graph before the next: hoisting first gives merging more to find,
+# merging first leaves the int8 ops' outputs with one quantize reader for requantization.
+BOUNDARY_STAGES = [
+    # quantize(T(v), s)  =>  T(quantize(v, s))   T int8-safe, read only by the quantize (repeated to a fixpoint)
+    (Pattern("quantize_hoisted", _QUANTIZE, _hoistable, _hoist), True),
+    # quantize(v, s), quantize(v, s)  =>  one quantize(v, s)
+    (Pattern("quantize_merged", _QUANTIZE, _earlier_twin, _merge), False),
+    # quantize(qconv_static(q, ...), s2)  =>  qconv_static(q, ..., out_scale=s2)   (the epilogue writes int8)
+    (Pattern("requantize_fused", _QUANTIZE, _requantizable, _requantize), False),
+    # dynamic_quantize_per_token([view(]layer_norm(h)[)])  =>  [view(]layer_norm_quantize_per_token(h)[)]
+    (Pattern("layernorm_quantize_fused", {sgops.dynamic_quantize_per_token.default}, _norm_then_quantize,
+             _fuse_norm_quantize), False),
+]
 
 
 def place_boundaries(gm: fx.GraphModule) -> dict[str, int]:
-    stats = {"quantize_hoisted": hoist_static_quantize(gm)}
-    stats["quantize_merged"] = merge_duplicate_quantize(gm)
-    stats["requantize_fused"] = fuse_requantize(gm)
-    stats["layernorm_quantize_fused"] = fuse_layer_norm_quantize(gm)
+    stats: dict[str, int] = {}
+    for pattern, repeat in BOUNDARY_STAGES:
+        stats.update(apply_patterns(gm, [pattern], repeat=repeat).counts)
     return stats

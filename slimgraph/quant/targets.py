@@ -8,8 +8,9 @@ weight constant, bias, fused activation and conv geometry. Targets at the canoni
     aten.matmul / bmm(a, b)                both operands activations: attention, with ``attention=True``
     aten.embedding(W, ids)                 weight-only, with ``embeddings=True``
 
-Anything else GEMM-like (conv3d, transposed convs, a weight computed at run time) is listed as unsupported
-and stays in float, so the report says why instead of silently skipping it.
+Anything else GEMM-like (conv3d, transposed convs, a string-padding conv canonicalization could not make
+explicit, a weight computed at run time) is listed as unsupported and stays in float, so the report says why
+instead of silently skipping it. Op families, argument access and conv geometry come from ``ir.match``.
 """
 
 from __future__ import annotations
@@ -22,32 +23,33 @@ import torch
 import torch.fx as fx
 
 from ..errors import InputError
-from ..ir.graph_utils import get_attr_tensor
+from ..ir.graph_utils import iter_call_nodes
 from ..ir.info import node_info
+from ..ir.match import (
+    ALL_CONVS,
+    ALL_LINEARS,
+    CONV_TRANSPOSES,
+    FUSED_CONVS,
+    FUSED_LINEARS,
+    STRING_PADDING_CONVS,
+    ConvGeometry,
+    arg,
+    constant,
+    conv_dims,
+    conv_geometry,
+    value_of,
+)
 from ..kernels.int8_matmul import MAX_K
 
 aten = torch.ops.aten
-sgops = torch.ops.slimgraph
 
 SCHEMES = ("w8a8", "w8a8-dynamic", "w8a16")
 FLOAT = "float"  # per_layer value that keeps a layer in float
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
-_CONVS = {aten.conv1d.default: 1, aten.conv2d.default: 2}
-_UNSUPPORTED_GEMMS = {
-    aten.conv3d.default: "conv3d has no int8 kernel",
-    aten.conv_transpose1d.default: "transposed convs have no int8 kernel",
-    aten.conv_transpose2d.input: "transposed convs have no int8 kernel",
-    aten.conv_transpose3d.input: "transposed convs have no int8 kernel",
-}
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
+_INT8_CONV_DIMS = (1, 2)  # the int8 conv kernels' spatial ranks
+_MATMULS = {aten.matmul.default, aten.bmm.default}
+_arg = arg  # kept for importers of the old private name
 
 
 @dataclass(eq=False)  # identity semantics: plans/targets are compared by object
@@ -82,14 +84,8 @@ class QuantTarget:
         return any(fnmatch.fnmatchcase(c, pattern) for c in self.candidates())
 
 
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 def _float_value(node) -> bool:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    val = value_of(node)
     return isinstance(val, torch.Tensor) and val.dtype in _FLOATS
 
 
@@ -105,21 +101,8 @@ def _display_name(node: fx.Node, weight: fx.Node | None) -> tuple[str, str]:
     return (f"{module}:{node.name}" if module else node.name), module_type
 
 
-def _conv_geometry(node: fx.Node, dims: int, offset: int = 3) -> ConvGeometry:
-    def as_tuple(value, default):
-        if value is None:
-            return (default,) * dims
-        return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * dims
-
-    stride = as_tuple(_arg(node, offset, "stride"), 1)
-    padding = as_tuple(_arg(node, offset + 1, "padding"), 0)
-    dilation = as_tuple(_arg(node, offset + 2, "dilation"), 1)
-    groups = _arg(node, offset + 3, "groups", 1)
-    return ConvGeometry(stride, padding, dilation, int(groups if groups is not None else 1))
-
-
 def _weight_problem(gm: fx.GraphModule, weight, dims: tuple[int, ...]) -> str:
-    w = get_attr_tensor(gm, weight) if isinstance(weight, fx.Node) else None
+    w = constant(gm, weight)
     if w is None:
         return "its weight is computed at run time, not a constant"
     if w.dtype not in _FLOATS:
@@ -133,39 +116,40 @@ def _weight_problem(gm: fx.GraphModule, weight, dims: tuple[int, ...]) -> str:
 
 def _target_for(gm: fx.GraphModule, node: fx.Node, attention: bool, embeddings: bool) -> QuantTarget | None:
     t = node.target
-    if t in (aten.linear.default, sgops.linear_act.default):
+    if t in ALL_LINEARS:
         x, w = node.args[0], node.args[1]
-        act = _arg(node, 3, "act", "none") if t is sgops.linear_act.default else "none"
+        act = arg(node, 3, "act", "none") if t in FUSED_LINEARS else "none"
         name, mtype = _display_name(node, w)
-        target = QuantTarget(node, "linear", name, x=x, weight=w, bias=_arg(node, 2, "bias"), act=act,
+        target = QuantTarget(node, "linear", name, x=x, weight=w, bias=arg(node, 2, "bias"), act=act,
                              module_type=mtype)
         target.unsupported = _weight_problem(gm, w, (2,)) or ("" if _float_value(x) else "its input is not float")
         return target
-    if t in _CONVS or t is sgops.conv_act.default:
+    if t in ALL_CONVS:
         x, w = node.args[0], node.args[1]
-        wval = w.meta.get("val") if isinstance(w, fx.Node) else None
-        dims = _CONVS.get(t) or (wval.dim() - 2 if isinstance(wval, torch.Tensor) else 0)
-        act = _arg(node, 7, "act", "none") if t is sgops.conv_act.default else "none"
+        dims = conv_dims(node) or 0
+        act = arg(node, 7, "act", "none") if t in FUSED_CONVS else "none"
         name, mtype = _display_name(node, w)
-        target = QuantTarget(node, f"conv{dims}d", name, x=x, weight=w, bias=_arg(node, 2, "bias"), act=act,
+        target = QuantTarget(node, f"conv{dims}d", name, x=x, weight=w, bias=arg(node, 2, "bias"), act=act,
                              module_type=mtype)
-        if dims not in (1, 2):
+        if dims not in _INT8_CONV_DIMS:
             target.unsupported = f"conv{dims}d has no int8 kernel"
-            return target
-        target.conv = _conv_geometry(node, dims)
-        target.unsupported = (_weight_problem(gm, w, (dims + 2,))
-                              or ("" if _float_value(x) else "its input is not float"))
+        elif t in STRING_PADDING_CONVS:
+            target.unsupported = "its padding is a string canonicalization could not make explicit"
+        else:
+            target.conv = conv_geometry(node)
+            target.unsupported = (_weight_problem(gm, w, (dims + 2,))
+                                  or ("" if _float_value(x) else "its input is not float"))
         return target
-    if t in _UNSUPPORTED_GEMMS:
+    if t in CONV_TRANSPOSES:
         w = node.args[1] if len(node.args) > 1 else None
         name, mtype = _display_name(node, w if isinstance(w, fx.Node) else None)
         kind = t._schema.name.split("::")[-1]
-        return QuantTarget(node, kind, name, module_type=mtype, unsupported=_UNSUPPORTED_GEMMS[t])
-    if attention and t in (aten.matmul.default, aten.bmm.default):
+        return QuantTarget(node, kind, name, module_type=mtype, unsupported="transposed convs have no int8 kernel")
+    if attention and t in _MATMULS:
         a, b = node.args[0], node.args[1]
         if not all(isinstance(v, fx.Node) and v.op != "get_attr" and _float_value(v) for v in (a, b)):
             return None  # a constant operand is a linear in disguise; canonicalization handles those
-        if a.meta["val"].dim() < 2 or b.meta["val"].dim() < 2:
+        if value_of(a).dim() < 2 or value_of(b).dim() < 2:
             return None
         name, mtype = _display_name(node, None)
         return QuantTarget(node, "matmul", name, x=a, other=b, module_type=mtype)
@@ -173,7 +157,7 @@ def _target_for(gm: fx.GraphModule, node: fx.Node, attention: bool, embeddings: 
         w, ids = node.args[0], node.args[1]
         name, mtype = _display_name(node, w)
         target = QuantTarget(node, "embedding", name, other=ids, weight=w,
-                             padding_idx=int(_arg(node, 2, "padding_idx", -1)), module_type=mtype)
+                             padding_idx=int(arg(node, 2, "padding_idx", -1)), module_type=mtype)
         target.unsupported = _weight_problem(gm, w, (2,))
         return target
     return None
@@ -181,13 +165,8 @@ def _target_for(gm: fx.GraphModule, node: fx.Node, attention: bool, embeddings: 
 
 def find_targets(gm: fx.GraphModule, *, attention: bool = False, embeddings: bool = False) -> list[QuantTarget]:
     """Every GEMM-like node in graph order (unsupported ones included, with the reason)."""
-    found = []
-    for node in gm.graph.nodes:
-        if node.op == "call_function":
-            target = _target_for(gm, node, attention, embeddings)
-            if target is not None:
-                found.append(target)
-    return found
+    found = (_target_for(gm, node, attention, embeddings) for node in iter_call_nodes(gm))
+    return [target for target in found if target is not None]
 
 
 @dataclass
