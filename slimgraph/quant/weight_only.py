@@ -7,6 +7,9 @@ and dequantized right before the op::
 
     W [.., N, K] (float)  =>  Wq [.., N, K] int8, s [.., N, 1] f32  ->  _to_copy(Wq, f32) * s  ->  op
 
+(one scale per output channel: the scale dim follows the op's contraction dim, e.g. s [.., 1, N] for a weight a
+matmul reads as its right operand [.., K, N]).
+
 This is weight-only int8 (w8 storage, float compute): 4x smaller weights on every backend, exported to ONNX as
 Cast + Mul. It counts as int8 in the coverage figure and says so in the report ("w8-storage").
 """
@@ -36,11 +39,48 @@ def _eligible(consumer: fx.Node) -> bool:
     return namespace not in ("aten", "slimgraph", "prims")
 
 
-def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one scale per row of the last dim: ``w ≈ q * s``, q in [-127, 127]."""
-    s = (w.detach().abs().amax(dim=-1, keepdim=True).float() / 127.0).clamp_min(1e-12)
+def quantize_weight_rows(w: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per slice along ``dim`` (the GEMM's contraction dim, so one scale per output
+    channel): ``w ≈ q * s``, q in [-127, 127]."""
+    s = (w.detach().abs().amax(dim=dim, keepdim=True).float() / 127.0).clamp_min(1e-12)
     q = torch.round(w.detach().float() / s).clamp(-127, 127).to(torch.int8)
     return q, s
+
+
+def contraction_dim(node: fx.Node, consumer: fx.Node) -> int:
+    """The dim of the stored weight ``node`` that ``consumer`` sums over (-1 where it cannot tell).
+
+    A matmul reads its right operand as [.., K, N]: stored as is (constant folding materializes the transposed
+    expert weights that way), one scale per row of the last dim would be one scale per *input* channel; followed
+    through transposes/permutes to the matmul, K is found wherever it lies. RNN weights are [G*H, K]: the last dim.
+    """
+    if consumer.target not in _CONSTANT_GEMMS or consumer.target is aten.einsum.default:
+        return -1
+    chain, cur = [], node
+    while cur is not consumer:
+        users = [u for u in cur.users if u.op == "call_function"]
+        if len(users) != 1:
+            return -1
+        nxt = users[0]
+        if nxt is consumer:
+            break
+        if nxt.target not in (aten.transpose.int, aten.permute.default) or nxt.args[0] is not cur:
+            return -1
+        chain.append(nxt)
+        cur = nxt
+    operand = cur
+    ndim = get_attr_tensor(node.graph.owning_module, node).dim()
+    perm = list(range(ndim))
+    for view in chain:  # dim d of the viewed value is dim perm[d] of the stored tensor
+        if view.target is aten.transpose.int:
+            d0, d1 = (int(d) % ndim for d in view.args[1:3])
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+        else:
+            perm = [perm[int(d) % ndim] for d in view.args[1]]
+    args = consumer.args[1:] if consumer.target is aten.baddbmm.default else consumer.args
+    if len(args) > 1 and args[1] is operand:
+        return perm[-2]  # right operand [.., K, N]
+    return perm[-1]  # left operand [.., M, K]
 
 
 def store_int8(gm: fx.GraphModule, skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
@@ -57,7 +97,7 @@ def store_int8(gm: fx.GraphModule, skip: tuple[str, ...] = ()) -> list[tuple[str
             continue
         if any(fnmatch.fnmatchcase(str(node.target), p) or fnmatch.fnmatchcase(consumer.name, p) for p in skip):
             continue
-        q, s = quantize_weight_rows(w)
+        q, s = quantize_weight_rows(w, contraction_dim(node, consumer))
         s = s.to(w.dtype)  # the dequantized weight has the original dtype: fp16/bf16 models stay so
         base = str(node.target)
         q_name = add_constant(gm, q, f"{base}_int8")
