@@ -444,14 +444,15 @@ def main(argv: list[str] | None = None) -> int:
         md += ["## Channel shuffle with planted dead units", "", f"check failed: {shuffle.get('error')}", ""]
     payload = {"meta": meta, "results": rows, "handled": handled, "shuffle": shuffle}
     files = harness.write_results(args.out, SUITE, payload, md)
-    files.append(_plot(args.out, names, by))
+    files.append(plot(args.out, names, by))
     print("\n".join(md))
     print("wrote", ", ".join(map(str, files)))
     return 0
 
 
-def _plot(out, names: list[str], by: dict):
-    """Fraction of parameters kept per model and tool; a model the tool did not handle has no bar."""
+def plot(out, names: list[str], by: dict):
+    """Fraction of parameters kept per model and tool; a model the tool did not handle has no bar. Also drawn
+    from a committed JSON: ``by`` = {(row["model"], row["tool"]): row for row in its "results"}."""
     def kept(r):
         handled = r.get("ran") and r.get("shapes_unchanged") and r.get("finite") and r.get("other_batch_ok")
         return r["params_after"] / r["params_before"] if handled and r.get("params_after") else None

@@ -398,17 +398,22 @@ def sweep(args, meta, wall, teacher, example, evaluate, batches_for, train_eval)
           "to the held-out column is what more steps alone cannot close.", ""]
     files = harness.write_results(args.out, "prune-minilm-sweep", {"meta": meta, "before": before, "results": results},
                                   md)
-    labels = [f"{r['steps']} steps, lr {r['lr']:g}, hidden {r['hidden_weight']:g}"
-              + (", augmented" if r["augment"] else "") for r in results]
-    files.append(harness.bar_chart(
-        args.out, "prune-minilm-sweep",
-        {"held-out sentences": {lab: r["cosine_mean"] for lab, r in zip(labels, results)},
-         "train sentences": {lab: r["train_cosine_mean"] for lab, r in zip(labels, results)}},
-        ylabel="mean cosine to the unpruned model", title="MiniLM pruned (FFN 50%, heads 25%): distillation settings",
-        reference=(TARGET_COSINE, f"target {TARGET_COSINE}")))
+    files.append(plot_sweep(args.out, results))
     print("\n".join(md))
     print("wrote", ", ".join(map(str, files)))
     return 0
+
+
+def plot_sweep(out, results: list[dict]):
+    """Held-out and train-sentence cosine per distillation setting; also drawn from a committed JSON's "results"."""
+    labels = [f"{r['steps']} steps, lr {r['lr']:g}, hidden {r['hidden_weight']:g}"
+              + (", augmented" if r["augment"] else "") for r in results]
+    return harness.bar_chart(
+        out, "prune-minilm-sweep",
+        {"held-out sentences": {lab: r["cosine_mean"] for lab, r in zip(labels, results)},
+         "train sentences": {lab: r["train_cosine_mean"] for lab, r in zip(labels, results)}},
+        ylabel="mean cosine to the unpruned model", title="MiniLM pruned (FFN 50%, heads 25%): distillation settings",
+        reference=(TARGET_COSINE, f"target {TARGET_COSINE}"))
 
 
 def _plot(out, stem, sg_hist, tp_hist):

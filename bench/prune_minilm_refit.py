@@ -76,15 +76,20 @@ def main(argv: list[str] | None = None) -> int:
           *harness.md_table(["calibration sentences", "refit", "scope", "held-out cosine mean / min",
                              "layer error sliced", "layer error refit", "time to prune"], table), ""]
     files = harness.write_results(args.out, SUITE, {"meta": meta, "results": results}, md)
-    labels = [f"{r['calib_sentences']} sentences, {'refit' if r['reconstruct'] else 'sliced'}, {r['scope']}"
-              for r in results]
-    files.append(harness.bar_chart(
-        args.out, SUITE, {"mean": {lab: r["cosine_mean"] for lab, r in zip(labels, results)},
-                          "worst sentence": {lab: r["cosine_min"] for lab, r in zip(labels, results)}},
-        ylabel="held-out cosine to the unpruned model", title="MiniLM right after pruning: least-squares refit or not"))
+    files.append(plot(args.out, results))
     print("\n".join(md))
     print("wrote " + ", ".join(map(str, files)))
     return 0
+
+
+def plot(out, results: list[dict]):
+    """Held-out cosine (mean and worst sentence) per setting; also drawn from a committed JSON's "results"."""
+    labels = [f"{r['calib_sentences']} sentences, {'refit' if r['reconstruct'] else 'sliced'}, {r['scope']}"
+              for r in results]
+    return harness.bar_chart(
+        out, SUITE, {"mean": {lab: r["cosine_mean"] for lab, r in zip(labels, results)},
+                     "worst sentence": {lab: r["cosine_min"] for lab, r in zip(labels, results)}},
+        ylabel="held-out cosine to the unpruned model", title="MiniLM right after pruning: least-squares refit or not")
 
 
 if __name__ == "__main__":
