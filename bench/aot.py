@@ -5,7 +5,7 @@
 No GPU is needed: Triton's front end, LLVM and the ptxas bundled in the triton wheel produce PTX and a cubin for a
 ``GPUTarget("cuda", 90, 32)`` (Triton compiles capability 90 as ``sm_90a``, the arch with wgmma and TMA) or 80.
 What gets compiled is what the project's host code would launch: each case calls a kernel's own launcher on empty
-CPU tensors inside :func:`slimgraph.kernels._triton_utils.recording_launches`, so buckets, split-K, EVEN_K and the
+CPU tensors inside :func:`slimgraph.kernels.launch.recording_launches`, so buckets, split-K, EVEN_K and the
 other constexprs come from the launchers, one record per candidate config. Each record is bound by Triton's JIT
 binder (the same specialization a GPU launch does: ints equal to 1 become constexprs, 16-divisible pointers and
 ints get divisibility hints) and compiled.
@@ -82,8 +82,8 @@ def cases() -> list[Case]:
     (K tails, split-K, int8 / float block-sparse, every BSR block shape, norm variants)."""
     import torch
 
-    from slimgraph.kernels._triton_utils import ACTIVATION_CODES
     from slimgraph.kernels.block_sparse import BlockSparseWeight, block_sparse_matmul_kernel
+    from slimgraph.kernels.epilogue import ACTIVATION_CODES
     from slimgraph.kernels.int8_conv import int8_conv2d_kernel
     from slimgraph.kernels.int8_matmul import int8_matmul_kernel
     from slimgraph.kernels.int8_matmul_wgmma import launch_wgmma
@@ -199,7 +199,8 @@ def _picklable(arg, mock):
 def record_jobs(selected: list[Case], fast: bool) -> list[Job]:
     from triton.runtime.jit import MockTensor
 
-    from slimgraph.kernels._triton_utils import AUTOTUNE_ENV, recording_launches
+    from slimgraph.kernels.dispatch import AUTOTUNE_ENV
+    from slimgraph.kernels.launch import recording_launches
 
     os.environ[AUTOTUNE_ENV] = "0" if fast else "1"  # "0": candidate_configs returns the bucket default only
     jobs = []

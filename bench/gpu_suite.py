@@ -145,8 +145,8 @@ def sweep(out: Path) -> int:
 
     from bench.shapes import BSR_BLOCKS
     from slimgraph.kernels import block_sparse, int8_matmul, to_block_sparse, w8a16_matmul
-    from slimgraph.kernels._triton_utils import m_bucket
     from slimgraph.kernels.quantize import quantize_rows_reference
+    from slimgraph.kernels.tiles import m_bucket
 
     env = environment()
     if not env["gpu"]:

@@ -159,6 +159,9 @@ OP_NAMESPACES = ("aten", "slimgraph")
 _OP_NAME = re.compile(r"(__[a-z_]+__|[A-Za-z_][A-Za-z0-9_]*)\Z")
 # ATen ops that reach outside the tensors they are given: files (from_file, save) and raw storages (set_)
 _DENIED_OPS = frozenset({"aten::from_file", "aten::save", "aten::set", "aten::set_", "aten::_print", "aten::warn"})
+# Ops that older archives name and that now live under another name with the same schema and arithmetic
+# (slimgraph.ops): old -> current. slimgraph::quantize_per_token was a kernel-level op, now a plain function.
+OP_ALIASES = {"slimgraph::quantize_per_token": "slimgraph::dynamic_quantize_per_token"}
 
 
 def encode_target(node: fx.Node) -> str | None:
@@ -193,6 +196,7 @@ def decode_call_target(target, where: str):
         raise ArchiveError(f"{where}: call target {_show(target)} is not an op name")
     if f"{namespace}::{name}" in _DENIED_OPS:
         raise ArchiveError(f"{where}: op {namespace}::{name} reaches outside its tensors and is never loaded")
+    namespace, _, name = OP_ALIASES.get(f"{namespace}::{name}", f"{namespace}::{name}").partition("::")
     try:
         op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     except (AttributeError, RuntimeError):

@@ -24,7 +24,8 @@ def register_macs(*targets):
     """Register a MACs rule ``rule(input_shapes, output_shape) -> int`` for one or more op targets.
 
     ``input_shapes`` lists the shapes of the node's tensor positional arguments (None for non-tensors).
-    Kernel modules use this to make their custom ops visible to ``slimgraph inspect`` and reports.
+    The graph ops of :mod:`slimgraph.ops` register theirs beside their schemas, so ``slimgraph inspect`` and
+    reports count them; an op without a rule counts zero MACs.
     """
 
     def deco(fn):

@@ -1,7 +1,18 @@
-"""Ops that passes insert as ``torch.ops.slimgraph.*`` nodes: each with a pure-torch reference (runs
-anywhere), fake/meta support for torch.compile and torch.export, and on CUDA a Triton kernel."""
+"""Triton kernels and their launchers, one module per kernel family; graph ops live in :mod:`slimgraph.ops`.
 
-from . import epilogue  # noqa: F401 - registers slimgraph::linear_act and slimgraph::conv_act
+Each public function here (the GUIDE's kernel contract) validates its arguments, then runs the Triton kernel on
+CUDA (and on CPU under ``TRITON_INTERPRET=1``) or its pure-torch reference elsewhere (:mod:`.dispatch`). They are
+plain functions, not ``torch.ops``: passes insert the graph-level ``torch.ops.slimgraph.*`` ops of
+:mod:`slimgraph.ops`, whose implementations call these. Per module: ``<name>`` (dispatch), ``<name>_kernel`` (the
+launcher, which may pin a tile config), ``<name>_reference`` (the same arithmetic in torch), ``CONFIGS`` (Triton
+tile configs per shape bucket, autotuned by Triton on the GPU).
+
+Plumbing shared by the kernels, one job per module: :mod:`.dispatch` (where a function runs), :mod:`.interpreter`
+(GPU-compiled kernels under the interpreter), :mod:`.launch` (configs, autotuning, launch counts, AOT recording),
+:mod:`.tiles` (GEMM tiling and the shared main-loop pieces), :mod:`.checks` (argument checks), :mod:`.epilogue`
+(the activation table, its torch reference and Triton twin).
+"""
+
 from .block_sparse import BlockSparseWeight, block_sparse_matmul, to_block_sparse
 from .epilogue import ACTIVATIONS, apply_activation
 from .int8_conv import int8_conv2d

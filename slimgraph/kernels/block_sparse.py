@@ -21,8 +21,10 @@ each weight block is read once per M tile. Block sizes are the tensor-core tile 
 from 16 to 128 (int8: bk >= 32); (64, 64) is the default, (128, 64) the likely fastest for big GEMMs, (32, 32)
 the finest granularity for pruning accuracy.
 
-Op: ``slimgraph::block_sparse_matmul(Tensor x, Tensor values, Tensor col_indices, Tensor row_ptr, int n, int k,
-Tensor? w_scale, Tensor? x_scale, Tensor? bias, str activation, ScalarType? out_dtype) -> Tensor``.
+Functions: :func:`block_sparse_matmul` (a :class:`BlockSparseWeight`; dispatch: Triton or the torch reference),
+:func:`bsr_matmul` (the same on the weight's tensors: what the graph op ``slimgraph::block_sparse_matmul`` of
+:mod:`slimgraph.ops.block_sparse` runs), :func:`block_sparse_matmul_kernel` (the launcher),
+:func:`block_sparse_matmul_reference`.
 """
 
 from __future__ import annotations
@@ -36,26 +38,16 @@ import triton
 import triton.language as tl
 
 from ..errors import InputError
-from ..ir.cost import register_macs
-from ._triton_utils import (
-    activation_code,
-    apply_activation_tl,
-    candidate_configs,
-    check_float_dtype,
-    check_same_device,
-    check_tensor,
-    check_vector,
-    interpreter_requested,
-    launch,
-    m_bucket,
-    tune_id,
-    use_triton,
-)
-from .epilogue import apply_activation
+from .checks import check_float_dtype, check_same_device, check_tensor, check_vector
+from .dispatch import interpreter_requested, use_triton
+from .epilogue import activation_code, apply_activation, apply_activation_tl
 from .int8_matmul import int8_matmul_reference
+from .launch import candidate_configs, launch
 from .quantize import norm_quantize_kernel, quantize_rows_reference
+from .tiles import m_bucket, tune_id
 
-__all__ = ["BlockSparseWeight", "block_sparse_matmul", "block_sparse_matmul_reference", "to_block_sparse"]
+__all__ = ["BlockSparseWeight", "block_sparse_matmul", "block_sparse_matmul_reference", "bsr_matmul",
+           "bsr_result_dtype", "to_block_sparse"]
 
 OP = "block_sparse_matmul"
 BLOCK_SIZES = (16, 32, 64, 128)
@@ -340,33 +332,20 @@ def block_sparse_matmul_kernel(x, w_bsr: BlockSparseWeight, bias=None, *, x_scal
                 activation, out_dtype, triton_path=True, config=config)  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------- op registration
+# --------------------------------------------------------------------------------------------------- public API
 
 
-@torch.library.custom_op(
-    "slimgraph::block_sparse_matmul",
-    mutates_args=(),
-    schema="(Tensor x, Tensor values, Tensor col_indices, Tensor row_ptr, int n, int k, Tensor? w_scale, "
-    "Tensor? x_scale, Tensor? bias, str activation, ScalarType? out_dtype) -> Tensor",
-)
-def _block_sparse_matmul_op(x, values, col_indices, row_ptr, n, k, w_scale, x_scale, bias, activation, out_dtype):
+def bsr_result_dtype(x, values, col_indices, row_ptr, n, k, w_scale, x_scale, bias, activation, out_dtype):
+    """Validate :func:`bsr_matmul`'s arguments (InputError otherwise) and return the result dtype."""
+    return _check(x, values, col_indices, row_ptr, n, k, w_scale, x_scale, bias, activation, out_dtype)[2]
+
+
+def bsr_matmul(x, values, col_indices, row_ptr, n: int, k: int, w_scale=None, x_scale=None, bias=None,
+               activation=None, out_dtype=None):  # fmt: skip
+    """:func:`block_sparse_matmul` on the tensors of a :class:`BlockSparseWeight` (``values``, ``col_indices``,
+    ``row_ptr``, dense shape ``(n, k)``, ``w_scale`` its ``scale``): the form a graph holds as attributes."""
     return _run(x, values, col_indices, row_ptr, n, k, w_scale, x_scale, bias, activation, out_dtype,
                 triton_path=use_triton(x))  # fmt: skip
-
-
-@_block_sparse_matmul_op.register_fake
-def _(x, values, col_indices, row_ptr, n, k, w_scale, x_scale, bias, activation, out_dtype):
-    _, _, result_dtype = _check(x, values, col_indices, row_ptr, n, k, w_scale, x_scale, bias, activation, out_dtype)
-    return x.new_empty((*x.shape[:-1], n), dtype=result_dtype)
-
-
-@register_macs(torch.ops.slimgraph.block_sparse_matmul.default)
-def _block_sparse_macs(ins, out) -> int:
-    """MACs actually performed: rows x stored blocks x block area (zero blocks cost nothing)."""
-    x, values = ins[0], ins[1]
-    if x is None or values is None or len(values) != 3:
-        return 0
-    return prod(x[:-1]) * values[0] * values[1] * values[2]
 
 
 def block_sparse_matmul(x, w_bsr: BlockSparseWeight, bias=None, *, x_scale=None, activation=None, out_dtype=None):
@@ -384,7 +363,5 @@ def block_sparse_matmul(x, w_bsr: BlockSparseWeight, bias=None, *, x_scale=None,
     """
     if not isinstance(w_bsr, BlockSparseWeight):
         raise InputError(f"{OP}: 'w_bsr' must be a BlockSparseWeight (see to_block_sparse), got {type(w_bsr).__name__}")
-    return torch.ops.slimgraph.block_sparse_matmul(
-        x, w_bsr.values, w_bsr.col_indices, w_bsr.row_ptr, w_bsr.shape[0], w_bsr.shape[1], w_bsr.scale, x_scale,
-        bias, "none" if activation is None else activation, out_dtype,
-    )  # fmt: skip
+    return bsr_matmul(x, w_bsr.values, w_bsr.col_indices, w_bsr.row_ptr, *w_bsr.shape, w_bsr.scale, x_scale, bias,
+                      activation, out_dtype)  # fmt: skip

@@ -1,25 +1,27 @@
-"""Float GEMM/conv with a fused bias + activation epilogue, as graph-level ops.
+"""The activation epilogue every kernel and op shares: one table of names, the torch reference, and its Triton twin.
 
-``slimgraph::linear_act(x, w, b, act)`` and ``slimgraph::conv_act(x, w, b, stride, padding, dilation,
-groups, act)`` mark "producer + epilogue" groups found by the ``fuse`` pass, so later passes (int8
-quantization) and kernels can target one node instead of a chain. They are registered as
-CompositeImplicitAutograd: eager execution, fake tensors and autograd run the torch reference below;
-torch.export keeps them as single nodes, and every decomposing re-trace (AOT autograd in front of
-Inductor, ``run_decompositions`` in ONNX export) breaks them back into ATen ops, so Inductor still fuses
-the epilogue its own way and exporters need no special case. The int8 ops of the quantization rewrite are opaque
-custom ops with Triton kernels instead.
+Kernels fuse ``act(y)`` into their epilogue as the compile-time code ``ACTIVATION_CODES[name]``
+(:func:`apply_activation_tl` on an fp32 tile); references and graph ops call :func:`apply_activation`. The two must
+agree to float32 rounding, which the kernel tests check for every name.
 
-The activation table here is shared by every kernel with an activation epilogue.
+(The graph-level ops ``slimgraph::linear_act`` / ``conv_act`` that once lived here are in
+:mod:`slimgraph.ops.epilogue`.)
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
-from ..ir.cost import conv_macs, linear_macs, register_macs
+from ..errors import InputError
+
+__all__ = ["ACTIVATIONS", "ACTIVATION_CODES", "activation_code", "apply_activation", "apply_activation_tl",
+           "check_activation"]
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish")
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 
 def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
@@ -52,25 +54,45 @@ def check_activation(act: str | None) -> str:
     return act
 
 
-torch.library.define("slimgraph::linear_act", "(Tensor x, Tensor w, Tensor? b, str act) -> Tensor")
-torch.library.define(
-    "slimgraph::conv_act",
-    "(Tensor x, Tensor w, Tensor? b, int[] stride, int[] padding, int[] dilation, int groups, str act) -> Tensor",
-)
+def activation_code(op: str, act: str | None) -> int:
+    """Validate an activation name (None means "none") and return its compile-time code for the kernels."""
+    try:
+        return ACTIVATION_CODES[check_activation(act)]
+    except ValueError as err:
+        raise InputError(f"{op}: {err}") from None
 
 
-@torch.library.impl("slimgraph::linear_act", "CompositeImplicitAutograd")
-def linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str) -> torch.Tensor:
-    return apply_activation(F.linear(x, w, b), act)
+@triton.jit
+def _tanh(x):
+    # tl.math has no tanh in every Triton we support; this form never overflows (exp of a non-positive number).
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
 
 
-@torch.library.impl("slimgraph::conv_act", "CompositeImplicitAutograd")
-def conv_act(x, w, b, stride, padding, dilation, groups: int, act: str) -> torch.Tensor:
-    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}.get(w.dim())
-    if conv is None:
-        raise ValueError(f"conv_act: weight must be 3-, 4- or 5-D, got {w.dim()}-D")
-    return apply_activation(conv(x, w, b, stride, padding, dilation, groups), act)
+@triton.jit
+def apply_activation_tl(y, ACT: tl.constexpr):
+    """Triton twin of :func:`apply_activation` on an fp32 tile; ``ACT`` is an ACTIVATION_CODES value."""
+    if ACT == 1:  # relu
+        y = tl.maximum(y, 0.0)
+    elif ACT == 2:  # relu6
+        y = tl.minimum(tl.maximum(y, 0.0), 6.0)
+    elif ACT == 3:  # gelu (erf form, as F.gelu)
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    elif ACT == 4:  # gelu_tanh
+        y = 0.5 * y * (1.0 + _tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
+    elif ACT == 5:  # silu
+        y = y * tl.sigmoid(y)
+    elif ACT == 6:  # sigmoid
+        y = tl.sigmoid(y)
+    elif ACT == 7:  # tanh
+        y = _tanh(y)
+    elif ACT == 8:  # hardswish
+        y = y * tl.minimum(tl.maximum(y + 3.0, 0.0), 6.0) / 6.0
+    return y
 
 
-register_macs(torch.ops.slimgraph.linear_act.default)(linear_macs)
-register_macs(torch.ops.slimgraph.conv_act.default)(conv_macs)
+# The jit body above spells the codes as literals (constexpr comparisons must fold at compile time); this keeps the
+# literals honest if ACTIVATIONS is ever reordered.
+_CODED = ("relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish")
+assert [ACTIVATION_CODES[n] for n in _CODED] == list(range(1, 9)), "ACTIVATIONS reordered: update apply_activation_tl"

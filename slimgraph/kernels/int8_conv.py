@@ -20,8 +20,9 @@ packing (kw, c) into K for small C are the known fixes, not done here.
 Weight layout: ``w`` is OHWI ``[OC, KH, KW, C // groups]``: from a torch OIHW weight, ``w.permute(0, 2, 3, 1)``;
 per-channel int8 with ``q, s = quantize_per_token(w_ohwi.reshape(OC, -1))``.
 
-Op: ``slimgraph::int8_conv2d(Tensor x, Tensor w, Tensor x_scale, Tensor w_scale, Tensor? bias, int[2] stride,
-int[2] padding, int[2] dilation, int groups, str activation, ScalarType out_dtype) -> Tensor``.
+Functions: :func:`int8_conv2d` (dispatch: Triton or the torch reference), :func:`int8_conv2d_kernel` (the
+launcher), :func:`int8_conv2d_reference`. Graphs reach them through ``slimgraph::qconv_static`` / ``qconv_dynamic``
+(:mod:`slimgraph.ops.int8_conv`: NCHW graph tensors, permuted to NHWC around the kernel).
 """
 
 from __future__ import annotations
@@ -32,52 +33,35 @@ import triton
 import triton.language as tl
 
 from ..errors import InputError
-from ..ir.cost import conv_macs, register_macs
-from ._triton_utils import (
-    activation_code,
-    apply_activation_tl,
-    candidate_configs,
-    check_float_dtype,
-    check_same_device,
-    check_tensor,
-    check_vector,
-    grouped_tile,
-    launch,
-    m_bucket,
-    tile_config,
-    tune_id,
-    use_triton,
-)
-from .epilogue import apply_activation
+from .checks import check_float_dtype, check_same_device, check_tensor, check_vector
+from .dispatch import use_triton
+from .epilogue import activation_code, apply_activation, apply_activation_tl
 from .int8_matmul import MAX_K
+from .launch import candidate_configs, launch
+from .tiles import gemm_grid, grouped_tile, m_bucket, tile_config, tile_table, tune_id
 
 __all__ = ["CONFIGS", "INTERPRETER_CONFIG", "int8_conv2d", "int8_conv2d_reference"]
 
 OP = "int8_conv2d"
 
 
-_cfg = tile_config
-
-
-# Keyed by M = output pixels. UNTUNED GUESSES: BLOCK_K = 64 channels matches most ResNet stages (C per tap of
-# 64..2048), larger K steps only pay off with many channels; the first entry is the default without autotuning.
-# 128x256 and 256x128 tiles spilled on sm_80 in the AOT check (bench/aot.py) and were dropped.
-CONFIGS: dict[str, list[triton.Config]] = {
-    "m16": [_cfg(16, 64, 64, 4, 4), _cfg(16, 128, 64, 4, 4), _cfg(16, 64, 128, 4, 4)],
-    "m64": [_cfg(64, 64, 64, 4, 4), _cfg(32, 128, 64, 4, 4), _cfg(64, 128, 64, 4, 4)],
-    "m256": [_cfg(64, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4), _cfg(128, 128, 64, 8, 3)],
-    "large": [
-        _cfg(128, 128, 64, 8, 4),
-        _cfg(128, 128, 128, 8, 3),
-        _cfg(64, 128, 128, 4, 4),
-    ],
+# Keyed by M = output pixels; rows of (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). UNTUNED GUESSES: BLOCK_K = 64
+# channels matches most ResNet stages (C per tap of 64..2048), larger K steps only pay off with many channels; the
+# first row is the default without autotuning. 128x256 and 256x128 tiles spilled on sm_80 in the AOT check
+# (bench/aot.py) and were dropped.
+CONFIGS: dict[str, list[triton.Config]] = tile_table({
+    "m16": [(16, 64, 64, 4, 4), (16, 128, 64, 4, 4), (16, 64, 128, 4, 4)],
+    "m64": [(64, 64, 64, 4, 4), (32, 128, 64, 4, 4), (64, 128, 64, 4, 4)],
+    "m256": [(64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3)],
+    "large": [(128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (64, 128, 128, 4, 4)],
     # Few channels per group (the RGB stem, C = 3): every K step is a masked gather of a few channels per pixel,
     # whose per-row addresses and masks are what fills the registers (the large configs spilled 0.2-4 KB per
-    # thread on the 7x7 stem). Small tiles, the int8 MMA's minimum K step and a short pipeline.
-    "narrow": [_cfg(64, 64, 32, 4, 2), _cfg(32, 64, 32, 4, 3)],  # 128x64x32 spilled 84 B on sm_80
-}
+    # thread on the 7x7 stem). Small tiles, the int8 MMA's minimum K step and a short pipeline; 128x64x32 spilled
+    # 84 B on sm_80.
+    "narrow": [(64, 64, 32, 4, 2), (32, 64, 32, 4, 3)],
+})  # fmt: skip
 NARROW_C = 32  # channels per group below which the "narrow" configs are used, whatever M
-INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+INTERPRETER_CONFIG = tile_config(16, 16, 32, 4, 1, group=2)
 
 
 @triton.jit
@@ -213,7 +197,7 @@ def int8_conv2d_kernel(x, w, x_scale, w_scale, bias=None, stride=1, padding=0, d
     configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
     launch(
         _int8_conv2d_kernel,
-        lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(OC_G, meta["BLOCK_N"]), g["groups"]),
+        gemm_grid(M, OC_G, g["groups"]),  # one GEMM per group along the grid's second axis
         (x, w, x_scale, w_scale, bias if bias is not None else w_scale, out,
          g["H"], g["W"], g["C"], g["OH"], g["OW"], g["OC"], M, g["C_G"], OC_G, g["KW"], g["KH"] * g["KW"],
          *g["stride"], *g["padding"], *g["dilation"],
@@ -252,31 +236,7 @@ def int8_conv2d_reference(x, w, x_scale, w_scale, bias=None, stride=1, padding=0
     return apply_activation(y, activation).to(out_dtype).contiguous()
 
 
-# ----------------------------------------------------------------------------------------------- op registration
-
-
-@torch.library.custom_op(
-    "slimgraph::int8_conv2d",
-    mutates_args=(),
-    schema="(Tensor x, Tensor w, Tensor x_scale, Tensor w_scale, Tensor? bias, int[2] stride, int[2] padding, "
-    "int[2] dilation, int groups, str activation, ScalarType out_dtype) -> Tensor",
-)
-def _int8_conv2d_op(x, w, x_scale, w_scale, bias, stride, padding, dilation, groups, activation, out_dtype):
-    args = (x, w, x_scale, w_scale, bias, list(stride), list(padding), list(dilation), groups, activation, out_dtype)
-    if use_triton(x):
-        return int8_conv2d_kernel(*args)
-    _check(*args)
-    return int8_conv2d_reference(*args)
-
-
-@_int8_conv2d_op.register_fake
-def _(x, w, x_scale, w_scale, bias, stride, padding, dilation, groups, activation, out_dtype):
-    _, _, out_shape = _check(x, w, x_scale, w_scale, bias, list(stride), list(padding), list(dilation), groups,
-                             activation, out_dtype)  # fmt: skip
-    return x.new_empty(out_shape, dtype=out_dtype)
-
-
-register_macs(torch.ops.slimgraph.int8_conv2d.default)(conv_macs)  # prod(out NHWC) * KH * KW * C/groups
+# --------------------------------------------------------------------------------------------------- public API
 
 
 def int8_conv2d(x, w, x_scale, w_scale, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
@@ -294,8 +254,8 @@ def int8_conv2d(x, w, x_scale, w_scale, bias=None, stride=1, padding=0, dilation
 
     Returns NHWC ``[B, OH, OW, OC]`` in ``out_dtype``.
     """
-    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
-    return torch.ops.slimgraph.int8_conv2d(
-        x, w, x_scale, w_scale, bias, list(stride), list(padding), list(dilation), groups,
-        "none" if activation is None else activation, out_dtype,
-    )  # fmt: skip
+    args = (x, w, x_scale, w_scale, bias, stride, padding, dilation, groups, activation, out_dtype)
+    if use_triton(x):
+        return int8_conv2d_kernel(*args)
+    _check(*args)
+    return int8_conv2d_reference(*args)

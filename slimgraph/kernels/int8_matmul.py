@@ -12,8 +12,9 @@ Kernel design (H100): both operands are K-major ([M, K] and [N, K] row-major), t
 the edge wrap around (``% M``) instead of being masked so the inner loop carries no M/N masks, and the K tail mask is
 compiled out for each config whose BLOCK_K divides K. int32 accumulators are exact for K < 131072.
 
-Op: ``slimgraph::int8_matmul(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, str activation,
-ScalarType out_dtype) -> Tensor`` (activation "none" for none).
+Functions: :func:`int8_matmul` (dispatch: Triton or the torch reference), :func:`int8_matmul_kernel` (the
+launcher), :func:`int8_matmul_reference`. Graphs reach them through ``slimgraph::qlinear_static`` /
+``qlinear_dynamic`` (:mod:`slimgraph.ops.int8_linear`).
 """
 
 from __future__ import annotations
@@ -25,25 +26,12 @@ import triton
 import triton.language as tl
 
 from ..errors import InputError
-from ..ir.cost import linear_macs, register_macs
-from ._triton_utils import (
-    activation_code,
-    apply_activation_tl,
-    candidate_configs,
-    check_float_dtype,
-    check_same_device,
-    check_tensor,
-    check_vector,
-    decode_split_k,
-    grouped_tile,
-    launch,
-    m_bucket,
-    tile_config,
-    tune_id,
-    use_triton,
-)
-from .epilogue import apply_activation
+from .checks import check_float_dtype, check_same_device, check_tensor, check_vector
+from .dispatch import use_triton
+from .epilogue import activation_code, apply_activation, apply_activation_tl
 from .int8_matmul_wgmma import launch_wgmma, use_wgmma
+from .launch import candidate_configs, launch
+from .tiles import decode_split_k, k_major_tiles, launch_gemm, load_k_step, m_bucket, tile_config, tile_table
 
 __all__ = ["CONFIGS", "INTERPRETER_CONFIG", "int8_matmul", "int8_matmul_reference"]
 
@@ -51,46 +39,25 @@ OP = "int8_matmul"
 MAX_K = 131071  # 128 * 128 * K must stay below 2**31 in the int32 accumulator
 
 
-_cfg = tile_config
-
-
-# Curated per M bucket; the first entry of each list is the default when autotuning is off.
-# UNTUNED GUESSES: chosen from the shapes that run well for int8 wgmma in public Triton GEMMs (K-steps of 128-256
-# bytes, 128x128-128x256 tiles at large M, 4 warps = one warpgroup for small tiles), never measured on our H100.
-CONFIGS: dict[str, list[triton.Config]] = {
+# Curated per M bucket, rows of (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the first row of each list is the default
+# when autotuning is off. UNTUNED GUESSES: chosen from the shapes that run well for int8 wgmma in public Triton GEMMs
+# (K-steps of 128-256 bytes, 128x128-128x256 tiles at large M, 4 warps = one warpgroup for small tiles), never
+# measured on our H100.
+CONFIGS: dict[str, list[triton.Config]] = tile_table({
     # Decode: the weight is read once and dominates; 16-row tiles (the minimum tl.dot), narrow N tiles so that
     # N / BLOCK_N programs cover the 132 SMs, deep K steps and pipelines to keep enough bytes in flight.
-    "m16": [
-        _cfg(16, 64, 256, 4, 4),
-        _cfg(16, 32, 256, 4, 5),
-        _cfg(16, 64, 512, 4, 3),
-        _cfg(16, 128, 256, 8, 3),  # 16x128x128 with 4 warps spilled 8 B on sm_90a in the AOT check (K-tail case)
-    ],
-    "m64": [
-        _cfg(64, 64, 128, 4, 4),
-        _cfg(32, 64, 256, 4, 4),
-        _cfg(64, 128, 128, 4, 4),
-        _cfg(32, 128, 256, 4, 3),
-        _cfg(64, 128, 256, 8, 3),
-    ],
-    "m256": [
-        _cfg(128, 128, 128, 8, 3),
-        _cfg(64, 128, 128, 4, 4),
-        _cfg(128, 64, 128, 4, 4),
-        _cfg(64, 256, 128, 8, 3),
-    ],
+    # 16x128x128 with 4 warps spilled 8 B on sm_90a in the AOT check (K-tail case): 16x128x256 takes 8 warps.
+    "m16": [(16, 64, 256, 4, 4), (16, 32, 256, 4, 5), (16, 64, 512, 4, 3), (16, 128, 256, 8, 3)],
+    "m64": [(64, 64, 128, 4, 4), (32, 64, 256, 4, 4), (64, 128, 128, 4, 4), (32, 128, 256, 4, 3),
+            (64, 128, 256, 8, 3)],
+    "m256": [(128, 128, 128, 8, 3), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 256, 128, 8, 3)],
     # Compute-bound (on Hopper the Gluon wgmma kernel takes these shapes; this list serves Ampere and triton < 3.9).
     # 128x128 tiles: the 128x256 and 256x128 tiles spilled with an activation epilogue in the AOT check (int32
     # accumulators plus the fp32 epilogue pass 255 registers), 3-4 stages of 32 KiB per stage.
-    "large": [
-        _cfg(128, 128, 128, 8, 4),
-        _cfg(128, 128, 128, 8, 3),
-        _cfg(128, 128, 64, 8, 4),
-        _cfg(64, 128, 128, 4, 4),
-    ],
-}
+    "large": [(128, 128, 128, 8, 4), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (64, 128, 128, 4, 4)],
+})  # fmt: skip
 # Small tiles under the interpreter: several programs and K steps per test shape, so edge masks and grouping run.
-INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+INTERPRETER_CONFIG = tile_config(16, 16, 32, 4, 1, group=2)
 
 
 @triton.jit
@@ -116,31 +83,13 @@ def _int8_matmul_kernel(
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m, offs_n, rows, cols, a_ptrs, b_ptrs = k_major_tiles(a_ptr, b_ptr, M, N, stride_am, stride_bn,
+                                                               BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)  # fmt: skip
     pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Wrap instead of masking: edge programs recompute valid rows and the store below drops them. int64 before any
-    # multiply by a stride: M * K and M * N may pass 2**31 elements.
-    rows = (offs_m % M).to(tl.int64)
-    cols = (offs_n % N).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
-    # Split s reads K blocks s, s + SPLIT_K, s + 2 * SPLIT_K, ...
-    a_ptrs = a_ptr + rows[:, None] * stride_am + (pid_k * BLOCK_K + offs_k)[None, :]
-    b_ptrs = b_ptr + cols[None, :] * stride_bn + (pid_k * BLOCK_K + offs_k)[:, None]  # [BLOCK_K, BLOCK_N] of [N, K]
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K * SPLIT_K)):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            k_left = K - (k * SPLIT_K + pid_k) * BLOCK_K
-            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
-            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        a, b, a_ptrs, b_ptrs = load_k_step(a_ptrs, b_ptrs, k, K, EVEN_K, SPLIT_K, BLOCK_K)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-        a_ptrs += BLOCK_K * SPLIT_K
-        b_ptrs += BLOCK_K * SPLIT_K
 
     if SPLIT_K == 1:
         _epilogue(acc, offs_m, offs_n, rows, cols, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr, M, N, stride_cm,
@@ -218,18 +167,15 @@ def _launch(a2, b, a_scale, b_scale, bias, act: int, out, config: triton.Config 
     scale_strides = (0 if a_scale.numel() == 1 else 1, 0 if b_scale.numel() == 1 else 1)
     bias_arg = bias if bias is not None else b_scale
     target = out if split == 1 else torch.empty((split, M, N), dtype=torch.int32, device=a2.device)
-    launch(
-        _int8_matmul_kernel,
-        lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split),
+    launch_gemm(
+        _int8_matmul_kernel, M, N, split,
         (a2, b, a_scale, b_scale, bias_arg, target, M, N, K, a2.stride(0), b.stride(0), out.stride(0), *scale_strides),
         configs=configs,
         key=("N", "K", "HAS_BIAS", "ACTIVATION", "SPLIT_K"),
-        bucket=tune_id(bucket, M),
-        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
+        bucket=bucket,
         HAS_BIAS=bias is not None,
         ACTIVATION=act,
-        SPLIT_K=split,
-    )
+    )  # fmt: skip
     if split > 1:
         tile = (16, 64)
         launch(
@@ -285,29 +231,7 @@ def int8_matmul_reference(a, b, a_scale, b_scale, bias=None, activation=None, ou
     return y.to(out_dtype).reshape(*a.shape[:-1], N)
 
 
-# ----------------------------------------------------------------------------------------------- op registration
-
-
-@torch.library.custom_op(
-    "slimgraph::int8_matmul",
-    mutates_args=(),
-    schema="(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, str activation, "
-    "ScalarType out_dtype) -> Tensor",
-)
-def _int8_matmul_op(a, b, a_scale, b_scale, bias, activation, out_dtype):
-    if use_triton(a):
-        return int8_matmul_kernel(a, b, a_scale, b_scale, bias, activation, out_dtype)
-    _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
-    return int8_matmul_reference(a, b, a_scale, b_scale, bias, activation, out_dtype)
-
-
-@_int8_matmul_op.register_fake
-def _(a, b, a_scale, b_scale, bias, activation, out_dtype):
-    _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
-    return a.new_empty((*a.shape[:-1], b.shape[0]), dtype=out_dtype)
-
-
-register_macs(torch.ops.slimgraph.int8_matmul.default)(linear_macs)
+# --------------------------------------------------------------------------------------------------- public API
 
 
 def int8_matmul(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=torch.float16):
@@ -325,5 +249,7 @@ def int8_matmul(a, b, a_scale, b_scale, bias=None, activation=None, out_dtype=to
     Returns ``out_dtype`` ``[..., N]``. Runs the Triton kernel on CUDA (or on CPU with TRITON_INTERPRET=1), the
     torch reference otherwise; bad arguments raise :class:`slimgraph.InputError`.
     """
-    act = "none" if activation is None else activation
-    return torch.ops.slimgraph.int8_matmul(a, b, a_scale, b_scale, bias, act, out_dtype)
+    if use_triton(a):
+        return int8_matmul_kernel(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    _check(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    return int8_matmul_reference(a, b, a_scale, b_scale, bias, activation, out_dtype)

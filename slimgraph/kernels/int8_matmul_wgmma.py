@@ -27,7 +27,10 @@ import functools
 import torch
 import triton
 
-from ._triton_utils import apply_activation_tl, interpreter_requested, launch, tune_id
+from .dispatch import interpreter_requested
+from .epilogue import apply_activation_tl
+from .launch import launch
+from .tiles import tune_id
 
 __all__ = ["MIN_TRITON", "WGMMA_CONFIGS", "gluon_available", "launch_wgmma", "use_wgmma"]
 

@@ -17,9 +17,12 @@ warps follow the row length (table below), there is no GEMM-style autotuning to 
 round-half-to-even built from floor() (the GPU's ``rint`` is not reachable portably from Triton 3.6-3.9 and the
 interpreter), so the kernel matches ``torch.round`` bit for bit.
 
-Ops: ``slimgraph::quantize_per_token(Tensor x) -> (Tensor, Tensor)``,
-``slimgraph::layernorm_quantize(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)``,
-``slimgraph::rmsnorm_quantize(Tensor x, Tensor? weight, float eps) -> (Tensor, Tensor)``.
+Functions: :func:`quantize_per_token`, :func:`layernorm_quantize`, :func:`rmsnorm_quantize` (dispatch: Triton or
+the torch reference, see :mod:`.dispatch`), :func:`norm_quantize_kernel` (the launcher),
+:func:`quantize_rows_reference`.
+They are plain functions, not graph ops: graphs call ``slimgraph::dynamic_quantize_per_token`` /
+``layer_norm_quantize_per_token`` (:mod:`slimgraph.ops.quantize`), which run these. RMSNorm has a kernel path but no
+graph op yet: the quantization rewrite fuses LayerNorm only.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import triton
 import triton.language as tl
 
 from ..errors import InputError
-from ._triton_utils import candidate_configs, check_same_device, check_tensor, check_vector, launch, next_power_of_2
-from ._triton_utils import use_triton as _use_triton
+from .checks import check_same_device, check_tensor, check_vector
+from .dispatch import use_triton
+from .launch import candidate_configs, launch
+from .tiles import next_power_of_2
 
 __all__ = [
     "MIN_ABSMAX",
@@ -229,62 +234,15 @@ def _reference(x, weight, bias, eps, code):
     return quantize_rows_reference(y)
 
 
-# ----------------------------------------------------------------------------------------------- op registration
-
-
-def _fake(x):
-    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
-
-
-@torch.library.custom_op("slimgraph::quantize_per_token", mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")
-def _quantize_per_token_op(x):
-    if _use_triton(x):
-        return norm_quantize_kernel(x)
-    _check("quantize_per_token", x)
-    return _reference(x, None, None, 0.0, _NONE)
-
-
-@_quantize_per_token_op.register_fake
-def _(x):
-    _check("quantize_per_token", x)
-    return _fake(x)
-
-
-@torch.library.custom_op(
-    "slimgraph::layernorm_quantize",
-    mutates_args=(),
-    schema="(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)",
-)
-def _layernorm_quantize_op(x, weight, bias, eps):
-    if _use_triton(x):
-        return norm_quantize_kernel(x, weight, bias, eps, norm="layernorm")
-    _check("layernorm_quantize", x, weight, bias, eps)
-    return _reference(x, weight, bias, eps, _LAYERNORM)
-
-
-@_layernorm_quantize_op.register_fake
-def _(x, weight, bias, eps):
-    _check("layernorm_quantize", x, weight, bias, eps)
-    return _fake(x)
-
-
-@torch.library.custom_op(
-    "slimgraph::rmsnorm_quantize", mutates_args=(), schema="(Tensor x, Tensor? weight, float eps) -> (Tensor, Tensor)"
-)
-def _rmsnorm_quantize_op(x, weight, eps):
-    if _use_triton(x):
-        return norm_quantize_kernel(x, weight, None, eps, norm="rmsnorm")
-    _check("rmsnorm_quantize", x, weight, None, eps)
-    return _reference(x, weight, None, eps, _RMSNORM)
-
-
-@_rmsnorm_quantize_op.register_fake
-def _(x, weight, eps):
-    _check("rmsnorm_quantize", x, weight, None, eps)
-    return _fake(x)
-
-
 # --------------------------------------------------------------------------------------------------- public API
+
+
+def _dispatch(norm: str, x, weight, bias, eps: float):
+    if use_triton(x):
+        return norm_quantize_kernel(x, weight, bias, eps, norm=norm)
+    code = {"none": _NONE, "layernorm": _LAYERNORM, "rmsnorm": _RMSNORM}[norm]
+    _check(f"{norm}_quantize" if code else "quantize_per_token", x, weight, bias, eps)
+    return _reference(x, weight, bias, eps, code)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,14 +252,14 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``x`` is fp16/bf16/fp32 ``[..., K]``, contiguous. Also the per-output-channel weight quantizer: for a Linear
     weight ``[N, K]`` it returns the int8 weight and its ``[N]`` scales.
     """
-    return torch.ops.slimgraph.quantize_per_token(x)
+    return _dispatch("none", x, None, None, 0.0)
 
 
 def layernorm_quantize(x, weight=None, bias=None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize_per_token(F.layer_norm(x, (K,), weight, bias, eps))`` in one kernel (statistics in fp32)."""
-    return torch.ops.slimgraph.layernorm_quantize(x, weight, bias, float(eps))
+    return _dispatch("layernorm", x, weight, bias, float(eps))
 
 
 def rmsnorm_quantize(x, weight=None, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize_per_token(F.rms_norm(x, (K,), weight, eps))`` in one kernel (statistics in fp32)."""
-    return torch.ops.slimgraph.rmsnorm_quantize(x, weight, float(eps))
+    return _dispatch("rmsnorm", x, weight, None, float(eps))

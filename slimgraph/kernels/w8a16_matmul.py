@@ -11,7 +11,9 @@ summed and cast by a small second kernel (deterministic, unlike atomics; no zero
 
 fp32 activations use an IEEE fp32 dot (exact but slow): the fast paths are fp16 and bf16.
 
-Op: ``slimgraph::w8a16_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor``.
+Functions: :func:`w8a16_matmul` (dispatch: Triton or the torch reference), :func:`w8a16_matmul_kernel` (the
+launcher), :func:`w8a16_matmul_reference`. Graphs reach them through ``slimgraph::qlinear_w8a16``
+(:mod:`slimgraph.ops.weight_only`).
 """
 
 from __future__ import annotations
@@ -23,20 +25,18 @@ import triton
 import triton.language as tl
 
 from ..errors import InputError
-from ..ir.cost import linear_macs, register_macs
-from ._triton_utils import (
-    candidate_configs,
-    check_same_device,
-    check_tensor,
-    check_vector,
+from .checks import check_same_device, check_tensor, check_vector
+from .dispatch import interpreter_requested, use_triton
+from .launch import candidate_configs, launch
+from .tiles import (
+    EVEN_K_PER_SPLIT,
     decode_split_k,
-    grouped_tile,
-    interpreter_requested,
-    launch,
+    k_major_tiles,
+    launch_gemm,
+    load_k_step,
     m_bucket,
     tile_config,
-    tune_id,
-    use_triton,
+    tile_table,
 )
 
 __all__ = ["CONFIGS", "GEMV_CONFIGS", "INTERPRETER_CONFIG", "w8a16_matmul", "w8a16_matmul_reference"]
@@ -45,44 +45,23 @@ OP = "w8a16_matmul"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
-_cfg = tile_config
-
-
-# UNTUNED GUESSES (never measured on our H100); first entry = default when autotuning is off.
-CONFIGS: dict[str, list[triton.Config]] = {
+# Rows of (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). UNTUNED GUESSES (never measured on our H100); first row =
+# default when autotuning is off.
+CONFIGS: dict[str, list[triton.Config]] = tile_table({
     # Decode: stream the weight. 64-wide N tiles keep 64 programs per 4096 columns (split-K fills the rest),
     # K steps of 128-256 elements = 8-16 KiB of weight per stage, 4-5 stages in flight per program.
-    "m16": [
-        _cfg(16, 64, 256, 4, 4),
-        _cfg(16, 32, 256, 4, 5),
-        # ptxas capped this one at 80 registers and spilled 12 B on sm_90a (fp16 x, packed int8 -> fp16 conversion);
-        # a 128-register ceiling lets it take 97, spill-free (bench/aot.py).
-        triton.Config(_cfg(16, 64, 128, 4, 5).kwargs, num_warps=4, num_stages=5, maxnreg=128),
-        _cfg(16, 128, 128, 4, 4),
-        _cfg(16, 128, 256, 8, 3),
-    ],
+    # 16x64x128 s5: ptxas capped it at 80 registers and spilled 12 B on sm_90a (fp16 x, packed int8 -> fp16
+    # conversion); a 128-register ceiling lets it take 97, spill-free (bench/aot.py).
+    "m16": [(16, 64, 256, 4, 4), (16, 32, 256, 4, 5), tile_config(16, 64, 128, 4, 5, maxnreg=128),
+            (16, 128, 128, 4, 4), (16, 128, 256, 8, 3)],
     # 64x128x64 with 4 warps spilled on sm_80 in the AOT check (bench/aot.py): 8 warps for that tile.
-    "m64": [
-        _cfg(64, 64, 128, 4, 4),
-        _cfg(32, 64, 128, 4, 4),
-        _cfg(64, 128, 64, 8, 4),
-        _cfg(32, 128, 128, 4, 4),
-    ],
-    "m256": [
-        _cfg(128, 128, 64, 8, 3),
-        _cfg(64, 128, 64, 8, 4),
-        _cfg(128, 64, 64, 4, 4),
-        _cfg(64, 256, 64, 8, 3),
-    ],
+    "m64": [(64, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 128, 64, 8, 4), (32, 128, 128, 4, 4)],
+    "m256": [(128, 128, 64, 8, 3), (64, 128, 64, 8, 4), (128, 64, 64, 4, 4), (64, 256, 64, 8, 3)],
     # Compute-bound: fp16 GEMM tiles; the int8 -> fp16 conversion hides under the MMAs. 128x256 and 256x128 spilled
     # on sm_80 in the AOT check.
-    "large": [
-        _cfg(128, 128, 64, 8, 4),
-        _cfg(128, 128, 64, 8, 3),
-        _cfg(128, 128, 32, 4, 4),
-    ],
-}
-INTERPRETER_CONFIG = _cfg(16, 16, 32, 4, 1, group=2)
+    "large": [(128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 128, 32, 4, 4)],
+})  # fmt: skip
+INTERPRETER_CONFIG = tile_config(16, 16, 32, 4, 1, group=2)
 
 
 def _gemv_cfg(bn, bk, warps, stages):
@@ -127,32 +106,16 @@ def _w8a16_kernel(
     DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m, offs_n, rows, cols, x_ptrs, w_ptrs = k_major_tiles(x_ptr, w_ptr, M, N, stride_xm, stride_wn,
+                                                               BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)  # fmt: skip
     pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = (offs_m % M).to(tl.int64)  # int64 before any stride multiply: M * K may pass 2**31
-    cols = (offs_n % N).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
-    # Split s reads K blocks s, s + SPLIT_K, s + 2 * SPLIT_K, ...
-    x_ptrs = x_ptr + rows[:, None] * stride_xm + (pid_k * BLOCK_K + offs_k)[None, :]
-    w_ptrs = w_ptr + cols[None, :] * stride_wn + (pid_k * BLOCK_K + offs_k)[:, None]
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K * SPLIT_K)):
-        if EVEN_K:
-            x = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            k_left = K - (k * SPLIT_K + pid_k) * BLOCK_K
-            x = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-            w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        x, w, x_ptrs, w_ptrs = load_k_step(x_ptrs, w_ptrs, k, K, EVEN_K, SPLIT_K, BLOCK_K)
         if DOT_FP32:  # the interpreter cannot multiply bf16 tiles; same products, fp32 sums
             acc = tl.dot(x.to(tl.float32), _dequant_int8(w, tl.float32), acc, input_precision=DOT_PRECISION)
         else:
             acc = tl.dot(x, _dequant_int8(w, x.dtype), acc, input_precision=DOT_PRECISION)
-        x_ptrs += BLOCK_K * SPLIT_K
-        w_ptrs += BLOCK_K * SPLIT_K
 
     y = acc * tl.load(w_scale_ptr + cols * stride_ws)[None, :]
     if HAS_BIAS:
@@ -278,7 +241,7 @@ def _launch_gemv(x2, w, w_scale, bias, target, split: int, config) -> None:
         configs=configs,
         key=("N", "K", "SPLIT_K", "HAS_BIAS"),
         bucket="gemv",
-        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
+        derived=EVEN_K_PER_SPLIT,
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
     )  # fmt: skip
@@ -289,19 +252,15 @@ def _launch_gemm(x2, w, w_scale, bias, target, split: int, config) -> None:
     N = w.shape[0]
     bucket = m_bucket(M)
     configs = candidate_configs(CONFIGS[bucket], interpreter_config=INTERPRETER_CONFIG, config=config)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split)
-    launch(
-        _w8a16_kernel,
-        grid,
+    launch_gemm(
+        _w8a16_kernel, M, N, split,
         (x2, w, w_scale, bias if bias is not None else w_scale, target,
          M, N, K,
          x2.stride(0), w.stride(0), N, M * N, 0 if w_scale.numel() == 1 else 1),
         configs=configs,
         key=("N", "K", "SPLIT_K", "HAS_BIAS"),
-        bucket=tune_id(bucket, M),
-        derived={"EVEN_K": lambda meta: meta["K"] % (meta["BLOCK_K"] * meta["SPLIT_K"]) == 0},
+        bucket=bucket,
         HAS_BIAS=bias is not None,
-        SPLIT_K=split,
         DOT_FP32=interpreter_requested() and x2.dtype == torch.bfloat16,
         DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
     )  # fmt: skip
@@ -318,26 +277,7 @@ def w8a16_matmul_reference(x, w, w_scale, bias=None):
     return y.to(x.dtype)
 
 
-# ----------------------------------------------------------------------------------------------- op registration
-
-
-@torch.library.custom_op(
-    "slimgraph::w8a16_matmul", mutates_args=(), schema="(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor"
-)
-def _w8a16_matmul_op(x, w, w_scale, bias):
-    if use_triton(x):
-        return w8a16_matmul_kernel(x, w, w_scale, bias)
-    _check(x, w, w_scale, bias)
-    return w8a16_matmul_reference(x, w, w_scale, bias)
-
-
-@_w8a16_matmul_op.register_fake
-def _(x, w, w_scale, bias):
-    _check(x, w, w_scale, bias)
-    return x.new_empty((*x.shape[:-1], w.shape[0]))
-
-
-register_macs(torch.ops.slimgraph.w8a16_matmul.default)(linear_macs)
+# --------------------------------------------------------------------------------------------------- public API
 
 
 def w8a16_matmul(x, w, w_scale, bias=None):
@@ -351,4 +291,7 @@ def w8a16_matmul(x, w, w_scale, bias=None):
 
     Returns ``x.dtype`` ``[..., N]``. Triton on CUDA (or CPU with TRITON_INTERPRET=1), torch reference otherwise.
     """
-    return torch.ops.slimgraph.w8a16_matmul(x, w, w_scale, bias)
+    if use_triton(x):
+        return w8a16_matmul_kernel(x, w, w_scale, bias)
+    _check(x, w, w_scale, bias)
+    return w8a16_matmul_reference(x, w, w_scale, bias)

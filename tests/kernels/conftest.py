@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from slimgraph.kernels._triton_utils import INTERPRET_ENV
+from slimgraph.kernels.dispatch import INTERPRET_ENV
 
 
 @pytest.fixture(autouse=True)

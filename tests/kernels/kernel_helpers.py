@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from slimgraph.kernels._triton_utils import LAUNCHES
+from slimgraph.kernels.launch import LAUNCHES
 
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -36,7 +36,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: tuple[float,
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||a - e|| / ||e|| in float64 (the METHOD.md measure)."""
+    """||a - e|| / ||e|| in float64: the relative error the kernel tests and bench/kernels.py report."""
     e = expected.double()
     return ((actual.double() - e).norm() / e.norm().clamp_min(1e-30)).item()
 

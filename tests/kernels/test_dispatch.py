@@ -1,4 +1,5 @@
-"""The dispatch rule and launch plumbing of _triton_utils: where ops run, which configs a launch may use."""
+"""The dispatch rule and launch plumbing shared by the kernels: where kernel functions run, which configs a launch
+may use, the tile tables, the activation codes and the interpreter twins."""
 
 import importlib
 import os
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from slimgraph import InputError
-from slimgraph.kernels import _triton_utils as tu
+from slimgraph.kernels import dispatch, epilogue, interpreter, launch, tiles
 from slimgraph.kernels.int8_matmul import CONFIGS, INTERPRETER_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,27 +20,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_dispatch_rule(monkeypatch):
     cpu = torch.ones(1)
-    assert tu.use_triton(cpu)  # the conftest sets TRITON_INTERPRET=1
-    assert tu.use_triton(None, cpu)
+    assert dispatch.use_triton(cpu)  # the conftest sets TRITON_INTERPRET=1
+    assert dispatch.use_triton(None, cpu)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not tu.use_triton(cpu)
+    assert not dispatch.use_triton(cpu)
     monkeypatch.delenv("TRITON_INTERPRET")
-    assert not tu.use_triton(cpu)
-    assert not tu.use_triton(torch.ones(1, device="meta"))
+    assert not dispatch.use_triton(cpu)
+    assert not dispatch.use_triton(torch.ones(1, device="meta"))
 
 
 def test_candidate_configs(monkeypatch):
     bucket = CONFIGS["large"]
-    assert tu.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG) == [INTERPRETER_CONFIG]
-    assert tu.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG, config=bucket[2]) == [bucket[2]]
+    assert launch.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG) == [INTERPRETER_CONFIG]
+    assert launch.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG, config=bucket[2]) == [bucket[2]]
     monkeypatch.delenv("TRITON_INTERPRET")
-    assert tu.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG) == bucket  # autotune over the bucket
-    monkeypatch.setenv(tu.AUTOTUNE_ENV, "0")
-    assert tu.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG) == [bucket[0]]
+    assert launch.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG) == bucket  # autotune over the bucket
+    monkeypatch.setenv(dispatch.AUTOTUNE_ENV, "0")
+    assert launch.candidate_configs(bucket, interpreter_config=INTERPRETER_CONFIG) == [bucket[0]]
 
 
 def test_m_buckets():
-    assert [tu.m_bucket(m) for m in (1, 16, 17, 64, 65, 256, 257, 8192)] == [
+    assert [tiles.m_bucket(m) for m in (1, 16, 17, 64, 65, 256, 257, 8192)] == [
         "m16", "m16", "m64", "m64", "m256", "m256", "large", "large",
     ]  # fmt: skip
 
@@ -59,10 +60,10 @@ def test_every_bucket_lists_only_tensor_core_legal_tiles():
 
 
 def test_activation_codes_follow_the_shared_table():
-    assert tu.activation_code("op", None) == 0
-    assert tu.activation_code("op", "gelu") == tu.ACTIVATION_CODES["gelu"]
+    assert epilogue.activation_code("op", None) == 0
+    assert epilogue.activation_code("op", "gelu") == epilogue.ACTIVATION_CODES["gelu"]
     with pytest.raises(InputError, match="op: unknown activation 'mish'"):
-        tu.activation_code("op", "mish")
+        epilogue.activation_code("op", "mish")
 
 
 def test_interpreter_twin_of_a_gpu_compiled_kernel():
@@ -71,11 +72,13 @@ def test_interpreter_twin_of_a_gpu_compiled_kernel():
 
     from slimgraph.kernels.int8_matmul import _int8_matmul_kernel
 
-    twin = tu._interpreter_twin(_int8_matmul_kernel)
+    twin = interpreter.interpreter_twin(_int8_matmul_kernel)
     assert isinstance(twin, InterpretedFunction)
     if isinstance(_int8_matmul_kernel, JITFunction):  # imported before TRITON_INTERPRET was set (the usual case)
-        assert tu._interpreter_twin(_int8_matmul_kernel) is twin  # cached
-        assert twin.fn.__globals__["grouped_tile"] is tu._interpreter_twin(tu.grouped_tile)
+        assert interpreter.interpreter_twin(_int8_matmul_kernel) is twin  # cached
+        helper = twin.fn.__globals__["k_major_tiles"]  # a helper in another module, and the helper it calls
+        assert helper is interpreter.interpreter_twin(tiles.k_major_tiles)
+        assert helper.fn.__globals__["grouped_tile"] is interpreter.interpreter_twin(tiles.grouped_tile)
 
 
 def test_interpreter_set_before_import_in_a_fresh_process():
@@ -84,7 +87,7 @@ def test_interpreter_set_before_import_in_a_fresh_process():
         """
         import torch
         from slimgraph.kernels import int8_matmul, quantize_per_token
-        from slimgraph.kernels._triton_utils import LAUNCHES
+        from slimgraph.kernels.launch import LAUNCHES
         from slimgraph.kernels.int8_matmul import _int8_matmul_kernel, int8_matmul_reference
         from triton.runtime.interpreter import InterpretedFunction
         assert isinstance(_int8_matmul_kernel, InterpretedFunction)

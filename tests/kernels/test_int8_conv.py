@@ -116,7 +116,8 @@ def test_bad_inputs_raise_input_error(change, message):
 
 def test_few_channels_take_the_narrow_configs(monkeypatch):
     # What a GPU launch would pick (recorded, not run): the stem's 3 channels -> the narrow bucket's configs.
-    from slimgraph.kernels._triton_utils import INTERPRET_ENV, recording_launches
+    from slimgraph.kernels.dispatch import INTERPRET_ENV
+    from slimgraph.kernels.launch import recording_launches
 
     monkeypatch.delenv(INTERPRET_ENV)
     xs, bias = torch.tensor([0.02]), None

@@ -174,7 +174,7 @@ def test_split_k_matches_reference(M, N, K, split_k):
 
 
 def test_split_k_rule_and_bad_split():
-    from slimgraph.kernels._triton_utils import decode_split_k
+    from slimgraph.kernels.tiles import decode_split_k
 
     cpu = torch.device("cpu")  # 132 SMs assumed off-GPU
     assert decode_split_k(1, 4096, 4096, cpu) == 2  # 64 tiles of N: two splits cover 128 of 132 SMs

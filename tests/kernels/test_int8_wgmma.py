@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from slimgraph.kernels import _triton_utils, int8_matmul_wgmma
-from slimgraph.kernels._triton_utils import INTERPRET_ENV, recording_launches
+from slimgraph.kernels import int8_matmul_wgmma
+from slimgraph.kernels.dispatch import INTERPRET_ENV
+from slimgraph.kernels.launch import LAUNCHES, recording_launches
 
 
 class _FakeCuda:
@@ -82,4 +83,4 @@ def test_launch_records_tma_descriptors(bucket, M):
     assert (a_desc.shape, b_desc.shape) == ([M, 256], [520, 256])
     assert rec.constexprs["STAGES"] == cfg.num_stages and rec.constexprs["HAS_BIAS"] is False
     assert rec.args[6:9] == (M, 520, 256)
-    assert _triton_utils.LAUNCHES["_int8_matmul_wgmma_kernel"] == 0  # recorded, not run
+    assert LAUNCHES["_int8_matmul_wgmma_kernel"] == 0  # recorded, not run

@@ -8,7 +8,7 @@ from kernel_helpers import OUT_DTYPES, assert_close, counting, rand_int8, rand_s
 
 from slimgraph import InputError
 from slimgraph.kernels import w8a16_matmul
-from slimgraph.kernels._triton_utils import launch
+from slimgraph.kernels.launch import launch
 from slimgraph.kernels.w8a16_matmul import (
     CONFIGS,
     GEMV_CONFIGS,

@@ -131,3 +131,16 @@ def test_macs_rules_count_the_int8_gemms():
     conv_out = TensorSpec((2, 8, 5, 5), torch.float32)
     assert node_macs(sg.qconv_static.default, [TensorSpec((2, 3, 5, 5), torch.int8), s, conv_w], conv_out) == \
         2 * 8 * 25 * 27
+
+
+def test_archives_naming_the_former_kernel_level_quantizer_still_load():
+    # slimgraph::quantize_per_token was a kernel-level op until the ops/ split; archives that name it resolve to
+    # the graph op with its schema and arithmetic.
+    from slimgraph.archive.schema import decode_call_target
+
+    op = decode_call_target("slimgraph::quantize_per_token.default", "node q")
+    assert op is sg.dynamic_quantize_per_token.default
+    assert str(op._schema).endswith("(Tensor x) -> (Tensor, Tensor)")
+    x = torch.randn(3, 8)
+    q, s = op(x)
+    assert q.abs().amax(-1).tolist() == [127, 127, 127] and torch.allclose(q.float() * s[:, None], x, atol=0.01)
