@@ -13,6 +13,7 @@ and TensorRT turn back into int8 kernels. The input dims the captured graph keep
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -61,21 +62,28 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = _dynamic_shapes(gm, args, kwargs)
-    attempts = [dynamic, None] if dynamic is not None else [None]
+    traced = _copying_reshapes(gm)
+    shared = _dynamic_shapes(gm, args, kwargs, shared=True)
+    plain = _dynamic_shapes(gm, args, kwargs)
+    attempts = [s for s in (shared, plain) if s is not None] + [None]
     failures = []
     for shapes in attempts:
+        if shapes is None and failures:  # the file will take the example's shapes only: never silently
+            dynamic.warn(f"ONNX export with dynamic axes failed ({type(failures[-1]).__name__}: "
+                             f"{str(failures[-1])[:300]}); the file is exported with static shapes")
         try:
             with _quiet():
-                program = torch.onnx.export(gm, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                program = torch.onnx.export(traced, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                                             custom_translation_table=dict(TRANSLATIONS), dynamic_shapes=shapes,
                                             verbose=False)
             break
         except Exception as exc:  # noqa: BLE001 - both attempts are reported below
             failures.append(exc)
     else:
+        first = "" if len(failures) == 1 else (f" (with dynamic axes: {type(failures[0]).__name__}: "
+                                               f"{str(failures[0])[:500]})")
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(failures[-1]).__name__}: "
-                          f"{failures[-1]}") from failures[-1]
+                          f"{failures[-1]}{first}") from failures[-1]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         program.save(str(tmp), external_data=False)
@@ -87,11 +95,90 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
     return path
 
 
-def _dynamic_shapes(gm: fx.GraphModule, args: tuple, kwargs: dict):
-    """dynamic_shapes keeping symbolic exactly the input dims the captured graph keeps symbolic."""
+def _copying_reshapes(gm: fx.GraphModule) -> fx.GraphModule:
+    """The graph with every ``contiguous`` written as an explicit contiguous ``clone``, and one more before
+    every ``reshape`` of a tensor not known to be contiguous.
+
+    # contiguous(x)            =>  clone(x, contiguous)
+    # reshape(transpose(x))    =>  reshape(clone(transpose(x), contiguous))
+    The exporter decomposes ``contiguous`` away and turns the ``reshape`` after it into a ``view``, which then
+    fails on the transposed strides (T5's ``attn_output.transpose(1, 2).contiguous()`` then ``reshape``:
+    "Cannot view a tensor with shape [2, 16, 4, 16] and strides (1024, 16, 256, 1)"); ``clone`` is kept as an
+    ONNX op. The copies cost nothing in ONNX (its tensors have no strides). A new GraphModule sharing the
+    weights: the caller's is left as it was."""
+    from torch._prims_common import is_contiguous_or_false
+
+    aten = torch.ops.aten
+
+    def needs_copy(node: fx.Node) -> bool:
+        if node.op != "call_function":
+            return False
+        if node.target is aten.contiguous.default:
+            return True
+        source = node.args[0] if node.target is aten.reshape.default and node.args else None
+        return (isinstance(source, fx.Node) and isinstance(source.meta.get("val"), torch.Tensor)
+                and not is_contiguous_or_false(source.meta["val"]))
+
+    todo = {n.name for n in gm.graph.nodes if needs_copy(n)}
+    if not todo:
+        return gm
+    copied = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    for node in [n for n in copied.graph.nodes if n.name in todo]:
+        with copied.graph.inserting_before(node):
+            clone = copied.graph.call_function(aten.clone.default, (node.args[0],),
+                                               {"memory_format": torch.contiguous_format})
+        if node.target is aten.contiguous.default:
+            node.replace_all_uses_with(clone)
+            copied.graph.erase_node(node)
+        else:
+            node.replace_input_with(node.args[0], clone)
+    copied.recompile()
+    return copied
+
+
+def _dynamic_shapes(gm: fx.GraphModule, args: tuple, kwargs: dict, *, shared: bool = False):
+    """dynamic_shapes keeping symbolic exactly the input dims the captured graph keeps symbolic.
+
+    ``shared``: inputs of one example shape (token ids and their attention mask) share their axes, so export
+    knows the mask's batch and length are the ids'. Without that, a graph whose ops only broadcast the two can
+    leave a hidden size as an expression of unrelated sizes, which the int8 translations cannot take
+    (CLIP's text tower). None when no two inputs share a shape (the plain spec then says the same)."""
     dims = graph_info(gm).dynamic_dims
-    spec = dynamic.spec_for_dims(gm, args, kwargs, dims) if dims else None
+    if not dims:
+        return None
+    dim_for = None
+    if shared:
+        dim_for = _shared_axes(gm, args, kwargs, dims)
+        if dim_for is None:
+            return None
+    spec = dynamic.spec_for_dims(gm, args, kwargs, dims, dim_for)
     return dynamic.export_spec(spec, args, kwargs, gm)
+
+
+def _shared_axes(gm: fx.GraphModule, args: tuple, kwargs: dict, dims: dict[str, tuple[int, ...]]):
+    """``dim_for(name, d)`` giving one named Dim per (example shape, dim) that several inputs share, else None."""
+    from torch.export import Dim
+
+    shapes = {name: tuple(value.shape) for name, value in zip(dynamic.leaf_names(gm, args, kwargs),
+                                                              pytree.tree_leaves((args, kwargs)))
+              if isinstance(value, torch.Tensor) and name in dims}
+    groups: dict[tuple, list[str]] = {}
+    for name, shape in shapes.items():
+        groups.setdefault((shape, dims[name]), []).append(name)
+    shared = {name: i for i, members in enumerate(m for m in groups.values() if len(m) > 1) for name in members}
+    if not shared:
+        return None
+    made: dict[tuple[int, int], object] = {}
+
+    def dim_for(name: str, d: int):
+        if name not in shared:
+            return Dim.AUTO
+        key = (shared[name], d)
+        if key not in made:
+            made[key] = Dim(f"{'batch' if d == 0 else 'sequence' if d == 1 else f'dim{d}'}_{shared[name]}")
+        return made[key]
+
+    return dim_for
 
 
 def _output_names(gm: fx.GraphModule, args: tuple, kwargs: dict) -> list[str] | None:

@@ -379,3 +379,35 @@ def test_pass_manager_catches_a_pass_that_freezes_a_dynamic_dim():
         PassManager([_FreezeSizes()], check_numerics=True).run(gm)
     result = PassManager(["dce"], check_numerics=True).run(sg.capture(model, args, kwargs))
     assert all(r.error_at_other_shape is None or r.error_at_other_shape.max_rel < 1e-5 for r in result.records)
+
+
+class _UpsampleToInput(nn.Module):
+    """SegFormer's decode head: features resized back to the input's (symbolic) size with bilinear upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(16, 16, 1)
+        self.out = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.head(torch.relu(self.down(x))))
+        h = nn.functional.interpolate(h, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(h)
+
+
+def test_symbolic_upsample_sizes_propagate_and_prune():
+    """upsample_bilinear2d.vec's C++ kernel wants concrete sizes: propagation must take the symbolic path."""
+    from slimgraph.ir.propagate import propagate
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    model = _UpsampleToInput().eval()
+    gm = sg.capture(model, (x,))
+    assert 2 in graph_info(gm).dynamic_dims["x"]
+    propagate(gm, only_missing=False)  # raised "SymIntArrayRef expected to contain only concrete integers"
+    pruned = sg.prune(gm, (x,), ratio=0.5)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    for shape in [(3, 3, 12, 20), (1, 3, 24, 8)]:
+        out = pruned(torch.randn(shape))
+        assert out.shape == (shape[0], 2, *shape[2:]) and bool(torch.isfinite(out).all())

@@ -220,3 +220,54 @@ def test_sequence_axes_and_output_names(tmp_path):
         err = compare_outputs(_ort_outputs(tmp_path / "bert.onnx", (ids,), {"attention_mask": mask}),
                               _torch_outputs(q, (ids,), {"attention_mask": mask}))
         assert err.cosine > 0.999, f"batch {b}, length {s}: {err}"
+
+
+class _HeadsMerged(torch.nn.Module):
+    """T5's attention tail: heads transposed back, made contiguous, then reshaped to [B, S, -1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 16)
+        self.out = torch.nn.Linear(16, 16)
+
+    def forward(self, x, mask):
+        b, s, _ = x.shape
+        h = self.qkv(x).view(b, s, 4, 4).transpose(1, 2)  # [B, heads, S, d]
+        h = torch.softmax(h @ h.transpose(-1, -2) + mask[:, None, None, :], -1) @ h
+        return self.out(h.transpose(1, 2).contiguous().reshape(b, s, -1))
+
+
+@pytest.mark.parametrize("scheme", [None, "w8a8-dynamic"])
+def test_contiguous_then_reshape_exports_at_other_lengths(scheme, tmp_path):
+    """The exporter decomposed `contiguous` away and turned the reshape after it into an invalid view."""
+    from slimgraph.onnx_export import _copying_reshapes
+
+    torch.manual_seed(0)
+    x, mask = torch.randn(2, 8, 16), torch.zeros(2, 8)
+    model = _HeadsMerged().eval()
+    q = quantize(model, (x, mask), scheme) if scheme else model
+    from slimgraph.ir.capture import capture
+
+    gm = q if scheme else capture(model, (x, mask))
+    copied = _copying_reshapes(gm)
+    assert copied is not gm and not any(n.target is torch.ops.aten.contiguous.default for n in copied.graph.nodes)
+    assert any(n.target is torch.ops.aten.contiguous.default for n in gm.graph.nodes)  # the caller's graph kept
+    export_onnx(gm, (x, mask), tmp_path / "m.onnx")
+    for b, s in [(3, 5), (1, 11)]:
+        x2, mask2 = torch.randn(b, s, 16), torch.zeros(b, s)
+        err = compare_outputs(_ort_outputs(tmp_path / "m.onnx", (x2, mask2), {}), _torch_outputs(gm, (x2, mask2), {}))
+        assert err.max_rel < 1e-4, f"batch {b}, length {s}: {err}"
+
+
+def test_inputs_of_one_shape_share_their_onnx_axes():
+    """ids and their mask get one named Dim per axis, so export knows the two lengths are equal."""
+    from slimgraph.ir.capture import capture
+    from slimgraph.onnx_export import _dynamic_shapes
+
+    model, args, kwargs = make("bert")
+    gm = capture(model, args, kwargs)
+    shared = _dynamic_shapes(gm, args, kwargs, shared=True)
+    plain = _dynamic_shapes(gm, args, kwargs)
+    for d in (0, 1):
+        assert shared["input_ids"][d] is shared["attention_mask"][d]
+    assert plain["input_ids"][1] is not None and plain["input_ids"][1] == plain["attention_mask"][1]  # both AUTO

@@ -101,15 +101,16 @@ def plan(model: nn.Module, args: tuple, kwargs: dict, rung: str) -> ShapePlan:
     return ShapePlan(rung, spec, {name: dims for name, (_, dims) in offered.items()}, oblivious)
 
 
-def spec_for_dims(model: nn.Module, args: tuple, kwargs: dict, dims: dict[str, tuple[int, ...]]):
+def spec_for_dims(model: nn.Module, args: tuple, kwargs: dict, dims: dict[str, tuple[int, ...]], dim_for=None):
     """The spec (shaped like ``(args, kwargs)``) making exactly ``dims`` (as GraphInfo.dynamic_dims records
-    them) dynamic; None when there are none."""
+    them) dynamic; None when there are none. ``dim_for(name, d)`` gives the export Dim of input ``name``'s dim
+    ``d`` (default ``Dim.AUTO``): one named Dim shared by several inputs tells export that those sizes are equal."""
     spec, offered = _spec(model, args, kwargs, lambda name, value: tuple(d for d in dims.get(name, ())
-                                                                         if d < value.dim()))
+                                                                         if d < value.dim()), dim_for)
     return spec if offered else None
 
 
-def _spec(model, args, kwargs, choose):
+def _spec(model, args, kwargs, choose, dim_for=None):
     names = iter(leaf_names(model, args, kwargs))
     offered: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
 
@@ -122,7 +123,7 @@ def _spec(model, args, kwargs, choose):
             if not dims:
                 return None
             offered[name] = (value, dims)
-            return {d: Dim.AUTO for d in dims}
+            return {d: Dim.AUTO if dim_for is None else dim_for(name, d) for d in dims}
         if isinstance(value, (tuple, list)):
             return type(value)(walk(v) for v in value)
         if isinstance(value, dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
+from torch._dispatch.python import enable_python_dispatcher
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -60,7 +61,10 @@ def propagate(gm: fx.GraphModule, *, only_missing: bool = True, before_node=None
             return a.meta["val"]
         return a
 
-    with mode:
+    # the Python dispatcher lets ops whose C++ composite kernels want concrete sizes (upsample_bilinear2d.vec
+    # with a symbolic output size, baddbmm's beta/alpha path) run their symbolic-aware Python decompositions,
+    # as they did when torch.export traced them
+    with mode, enable_python_dispatcher():
         for i, node in enumerate(placeholders):
             if only_missing and "val" in node.meta:
                 continue
