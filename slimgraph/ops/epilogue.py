@@ -27,12 +27,10 @@ torch.library.define(
 )
 
 
-@torch.library.impl("slimgraph::linear_act", "CompositeImplicitAutograd")
 def linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str) -> torch.Tensor:
     return apply_activation(F.linear(x, w, b), act)
 
 
-@torch.library.impl("slimgraph::conv_act", "CompositeImplicitAutograd")
 def conv_act(x, w, b, stride, padding, dilation, groups: int, act: str) -> torch.Tensor:
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}.get(w.dim())
     if conv is None:
@@ -40,5 +38,8 @@ def conv_act(x, w, b, stride, padding, dilation, groups: int, act: str) -> torch
     return apply_activation(conv(x, w, b, stride, padding, dilation, groups), act)
 
 
+# Registered by call, not as decorators: torch.library.impl returns None, which would hide the functions.
+torch.library.impl("slimgraph::linear_act", "CompositeImplicitAutograd")(linear_act)
+torch.library.impl("slimgraph::conv_act", "CompositeImplicitAutograd")(conv_act)
 register_macs(torch.ops.slimgraph.linear_act.default)(linear_macs)
 register_macs(torch.ops.slimgraph.conv_act.default)(conv_macs)

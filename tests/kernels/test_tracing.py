@@ -175,3 +175,26 @@ def test_kernel_functions_are_plain_functions_that_compile(reference_path):
     torch._dynamo.reset()
     compiled = torch.compile(_kernel_functions, fullgraph=True, backend="eager")
     _assert_same(compiled(*args), _kernel_functions(*args))
+
+
+def test_every_graph_op_has_one_home_in_slimgraph_ops():
+    # One home per op: every torch.ops.slimgraph op is defined by a module of slimgraph.ops (schema, fake, MACs
+    # beside it), and none is left over from the kernel-level ops that duplicated them.
+    from torch._library.custom_ops import OPDEFS
+
+    import slimgraph.ops.epilogue as epilogue_ops
+
+    names = {n for n in dir(ops) if not n.startswith("_") and isinstance(getattr(ops, n), torch._ops.OpOverloadPacket)}
+    custom = {q.split("::")[1]: d for q, d in OPDEFS.items() if q.startswith("slimgraph::")}
+    assert names == set(custom) | {"linear_act", "conv_act"}, names ^ (set(custom) | {"linear_act", "conv_act"})
+    for name, opdef in custom.items():
+        assert opdef._init_fn.__module__.startswith("slimgraph.ops."), (name, opdef._init_fn.__module__)
+        assert opdef._abstract_fn is not None, f"{name} has no fake implementation"
+    # The two CompositeImplicitAutograd epilogue groups run the ops module's functions.
+    x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+    assert torch.equal(ops.linear_act(x, w, b, "gelu"), epilogue_ops.linear_act(x, w, b, "gelu"))
+    img, cw = torch.randn(1, 2, 5, 5), torch.randn(4, 2, 3, 3)
+    assert torch.equal(ops.conv_act(img, cw, None, [1, 1], [1, 1], [1, 1], 1, "relu"),
+                       epilogue_ops.conv_act(img, cw, None, [1, 1], [1, 1], [1, 1], 1, "relu"))  # fmt: skip
+    for op in (ops.linear_act.default, ops.conv_act.default):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
