@@ -50,9 +50,9 @@ def share_weights(
             distillation from the input model (``sg.distill``; the codebooks are the only trainable tensors);
             None: no fine-tuning. The output error is reported on the example inputs and the first batches.
         ignore: fnmatch patterns of layers to keep as they are (layer name, weight path, node name, kind).
-        steps, lr, temperature, output_loss: of the fine-tuning (``steps=0``: none, ``data`` then only feeds
-            ``mean_bits``'s sensitivity probes and the reported error) (``output_loss="mse"``/``"cosine"`` for
-            embedding models).
+        steps, lr, temperature, output_loss: of the fine-tuning (``output_loss="mse"``/``"cosine"`` for
+            embedding models). ``steps=0``: no fine-tuning; ``data`` then only feeds the sensitivity probes of
+            ``mean_bits`` and the reported error.
         embeddings: also share embedding tables. ``per_layer={pattern: bits}`` overrides widths.
         quantizer: ``"kmeans"`` (the paper's codebooks, ``bits`` = code width) or ``"uniform"`` (entropy-coded
             uniform grid, ``bits`` = code entropy per weight, fractional allowed; smaller archives at equal error).
