@@ -97,7 +97,9 @@ def nm_view(w: torch.Tensor) -> torch.Tensor:
 def from_nm_view(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if len(shape) == 2:
         return mask
-    return mask.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+    # contiguous: a strided mask makes the masked weight strided too, and a conv then picks another algorithm
+    # (last-bit differences from the dense masked model, and a layout archives and kernels do not expect)
+    return mask.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1).contiguous()
 
 
 def nm_problem(shape: torch.Size, pattern: Pattern) -> str:
