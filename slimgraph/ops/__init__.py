@@ -16,11 +16,12 @@ Importing this package registers them all. Passes insert them as ``call_function
 are plain tensors held as graph attributes, so archives store them like any other weight; their names are what
 saved archives and graphs refer to, so they do not change (a rename would need an entry in
 :data:`slimgraph.archive.schema.OP_ALIASES`). ONNX translations of the int8 ops are in
-:mod:`slimgraph.quant.onnx_ops` for now; the sparse ops carry theirs.
+:mod:`slimgraph.quant.onnx_ops` for now; ``sparse_linear`` carries its own; the other sparse ops have none yet.
 
 Adding an op: a module here (or a family's module) with ``torch.library.custom_op`` + ``register_fake`` + a MACs
-rule, the kernel (if any) as a plain launcher in :mod:`slimgraph.kernels`, the import below, a test in
-``tests/ops`` or the family's tests (numbers against the reference, export keeps one node, fake shapes).
+rule, the kernel (if any) as a plain launcher in :mod:`slimgraph.kernels`, the import below, and tests: numbers
+against the reference, export keeps one node, fake shapes (``tests/kernels/test_tracing.py`` also checks that
+every ``torch.ops.slimgraph`` op is defined here).
 """
 
 import torch
