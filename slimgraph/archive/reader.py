@@ -20,7 +20,6 @@ import torch.utils._pytree as pytree
 from ..errors import ArchiveError, SlimgraphError
 from ..ir.info import GRAPH_KEY, GraphInfo
 from ..ir.propagate import refresh
-from ..ir.recurrent import symbolic_rnn_propagation
 from .container import SEAL_KEY, read_archive
 from .schema import (
     DECODED_BYTES_FLOOR,
@@ -160,8 +159,7 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor], device: torch.
                                    **_decode_info(description["info"], attributes))
     _seed_placeholder_values(gm, dynamic)
     try:
-        with symbolic_rnn_propagation(gm):
-            refresh(gm, only_missing=False)
+        refresh(gm, only_missing=False)
     except SlimgraphError as exc:
         if not any(dynamic):
             raise
@@ -171,8 +169,7 @@ def _rebuild(description: dict, tensors: dict[str, torch.Tensor], device: torch.
         for node in gm.graph.nodes:
             node.meta.pop("val", None)
         _seed_placeholder_values(gm, [[] for _ in dynamic])
-        with symbolic_rnn_propagation(gm):
-            refresh(gm, only_missing=False)  # a graph that fails this too is invalid: that error propagates
+        refresh(gm, only_missing=False)  # a graph that fails this too is invalid: that error propagates
         note = (f"archive reload: shape propagation with symbolic input dims failed ({str(exc)[:200]}); node "
                 "metadata holds the example shapes")
         gm.meta[GRAPH_KEY].shape_notes.append(note)

@@ -20,7 +20,6 @@ import torch.fx as fx
 from ..ir.graph_utils import _getattr_path, set_attr_tensor
 from ..ir.info import node_info
 from ..ir.propagate import annotate, propagate
-from ..ir.recurrent import symbolic_rnn_propagation
 from .analysis import CONVS, Analysis, Labels
 from .analysis.recurrent import ZEROS
 from .labels import FIXED
@@ -115,8 +114,7 @@ def apply(a: Analysis, removed: np.ndarray) -> dict[str, tuple[tuple[int, ...], 
             dirty.add(node)
             node.meta.pop("val", None)
             node.meta.pop("tensor_meta", None)
-    with symbolic_rnn_propagation(gm):
-        propagate(gm, only_missing=True, before_node=_fix_expand)
+    propagate(gm, only_missing=True, before_node=_fix_expand)
     annotate(gm)
     gm.recompile()
     return changed
