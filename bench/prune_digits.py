@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if criteria:
         md += ["slimgraph importance criteria (same ratio, same distillation, seed 0):", "",
                *harness.md_table(["importance", "top-1 after pruning", "top-1 after distillation"],
-                         [[k, f"{v['accuracy_pruned']:.2f}%", f"{v['accuracy_distilled']:.2f}%"]
-                          for k, v in criteria.items()]), ""]
+                                 [[k, f"{v['accuracy_pruned']:.2f}%", f"{v['accuracy_distilled']:.2f}%"]
+                                  for k, v in criteria.items()]), ""]
     md += ["## Targets", "",
            harness.target_line("MACs reduction (slimgraph)", f"{drop:.1%} fewer", f">= {TARGET_MACS_DROP:.0%} fewer",
                        drop >= TARGET_MACS_DROP),

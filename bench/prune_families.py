@@ -148,8 +148,7 @@ def _one(tool: str, name: str, sg) -> dict:
             res["ignored_layers"] = output_layers(name, pruned)
             res["num_heads_given"] = len(heads)
             common.tp_prune(pruned, (args, kwargs), ratio=0.5, ignored_layers=ignored, num_heads=heads, head_ratio=0.5,
-                     forward_fn=common.args_kwargs_forward,
-                            output_transform=common.sum_of_outputs)
+                            forward_fn=common.args_kwargs_forward, output_transform=common.sum_of_outputs)
             res["prune_s"] = time.perf_counter() - start
             res["patched_by_hand"] = len(common.hf_patch_heads(pruned))
         res["ran"] = True
@@ -414,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
           "- 1 torch thread; each Torch-Pruning attempt in its own subprocess with a timeout of "
           f"{args.timeout:.0f} s, slimgraph in one subprocess; untimed warm-up prune of the zoo MLP first", "",
           *harness.md_table(["model", "tool", "ran", "output shapes kept", "finite", "runs at batch+1",
-                     "params before -> after", "time to prune", "groups / settings", "error or note"], table_rows), "",
+                             "params before -> after", "time to prune", "groups / settings", "error or note"], table_rows), "",
           f"Handled (ran, shapes kept, finite, runs at another batch size, fewer parameters): slimgraph "
           f"{handled['slimgraph']}/{len(names)}, Torch-Pruning {handled['torch_pruning']}/{len(names)}.",
           "Parameter counts follow each tool's defaults: slimgraph rounds kept widths up to a multiple of 8 "
