@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
           "- 1 torch thread; each Torch-Pruning attempt in its own subprocess with a timeout of "
           f"{args.timeout:.0f} s, slimgraph in one subprocess; untimed warm-up prune of the zoo MLP first", "",
           *harness.md_table(["model", "tool", "ran", "output shapes kept", "finite", "runs at batch+1",
-                             "params before -> after", "time to prune", "groups / settings", "error or note"], table_rows), "",
+                             "params before -> after", "time to prune", "groups / settings", "error or note"],
+                            table_rows), "",
           f"Handled (ran, shapes kept, finite, runs at another batch size, fewer parameters): slimgraph "
           f"{handled['slimgraph']}/{len(names)}, Torch-Pruning {handled['torch_pruning']}/{len(names)}.",
           "Parameter counts follow each tool's defaults: slimgraph rounds kept widths up to a multiple of 8 "

@@ -390,7 +390,8 @@ def sweep(args, meta, wall, teacher, example, evaluate, batches_for, train_eval)
           *harness.meta_lines(meta), f"- after pruning, before distillation: cosine mean {before['cosine_mean']:.4f}, "
           f"min {before['cosine_min']:.4f}; output loss cosine, AdamW, warm-up 10%, seed 0", "",
           *harness.md_table(["steps", "batch", "lr", "hidden_weight", "augmented text", "texts",
-                             "held-out cosine mean", "held-out cosine min", "train-sentence cosine mean", "distill time"],
+                             "held-out cosine mean", "held-out cosine min", "train-sentence cosine mean",
+                             "distill time"],
                             [[r["steps"], r["batch_size"], r["lr"], r["hidden_weight"], r["augment"],
                               r["training_texts"], f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}",
                               f"{r['train_cosine_mean']:.4f}", f"{r['distill_s']:.0f} s"] for r in results]),
