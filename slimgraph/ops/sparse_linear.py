@@ -136,9 +136,11 @@ def _scipy_rows(x2, crow, col, values, n: int, k: int):
 
 def _thread_pool(workers: int):
     global _pool
-    if _pool is None or _pool[0] != workers:
+    if _pool is None or _pool[0] != workers:  # first use, or torch.set_num_threads changed the count
         from concurrent.futures import ThreadPoolExecutor
 
+        if _pool is not None:
+            _pool[1].shutdown(wait=False)  # its idle threads exit; nothing is queued between calls
         _pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="slimgraph-sparse"))
     return _pool[1]
 
