@@ -1,27 +1,50 @@
-"""ONNX translations of the int8 ops, as QDQ graphs that ONNX Runtime and TensorRT recognize.
+"""ONNX translations of the int8 ops: portable QDQ graphs by default, or the forms ONNX Runtime's CPU provider
+turns into integer kernels (:func:`for_onnxruntime`).
 
-Every int8 GEMM becomes ``DequantizeLinear`` on each quantized input feeding a float ``Gemm``/``Conv``/``MatMul``,
-which runtimes fuse back into integer kernels::
+The default (portable) form follows TensorRT's QDQ rules: every int8 GEMM is ``DequantizeLinear`` on each
+quantized input feeding a float ``Gemm``/``Conv``/``MatMul``, zero points are int8 zeros, weight scales per
+output channel on axis 0, weights in [-127, 127]::
 
-    qlinear_static(q, s, Wq, ws, b, act, out_scale)
-      =>  Reshape(q, [-1, K]) -> DequantizeLinear(s, zp=0) -> Gemm(transB=1, bias) <- DequantizeLinear(Wq, ws, axis=0)
-          -> act -> Reshape(.., [..., N]) [-> QuantizeLinear(out_scale)]
     quantize_per_tensor(x, s)          =>  QuantizeLinear(x, s, zp=int8 0)
+    qlinear_static(q, s, Wq, ws, b, act, out_scale)
+      =>  Reshape(q, [-1, K]) -> DequantizeLinear(s, zp=0) -> Gemm(transB=1, b) <- DequantizeLinear(Wq, ws, axis=0)
+          -> act -> Reshape(.., [..., N]) [-> QuantizeLinear(out_scale)]
     dynamic_quantize_per_token(x)      =>  s = ReduceMax(|x|, -1) / 127;  QuantizeLinear(x2d, s, zp=0[M], axis=0)
     qconv_*(q, s, Wq, ws, ...)         =>  DequantizeLinear -> Conv(group, pads, ...) <- DequantizeLinear(axis=0)
     qembedding(Wq, ws, ids)            =>  Gather(DequantizeLinear(Wq, ws, axis=0), ids)
 
-TensorRT's rules hold by construction: zero points are int8 zeros (symmetric, signed), weight scales are
-per output channel on axis 0, weights are in [-127, 127]; the int8 activation is reshaped to 2-D *before*
-its DequantizeLinear so each DQ feeds the Gemm directly. Static scales are initializers; the dynamic schemes
-compute theirs in the graph (ONNX Runtime runs them; TensorRT needs constant scales, i.e. ``w8a8``).
+TensorRT fuses these back into int8 kernels; ONNX Runtime 1.32's CPU provider mostly does not (it ran them as
+float convs between Q/DQ pairs, slower than the float model). Inside ``with for_onnxruntime():`` the export
+writes what ORT does fuse, checked on hand-built graphs against the optimized model ORT writes
+(``SessionOptions.optimized_model_filepath``; tests/quant/test_onnx_ort_fusion.py keeps it so):
+
+- QLinearConv / QGemm with int8 output need the QuantizeLinear right after the Conv/Gemm. A Relu in between is
+  only dropped (ORT's ReluQuantFusion) when that QuantizeLinear's zero point is the bottom of its range, so a
+  Relu's requantized output is written with zero point -128 (same scale: [0, 255 * scale] instead of the
+  symmetric [0, 127 * scale]; inside the calibrated range the same integers shifted by 128). Each
+  DequantizeLinear reads an int8 tensor with the zero point its QuantizeLinear wrote (:func:`_written_zero_point`).
+  TensorRT refuses non-zero zero points: this is why it is not the default.
+- ORT's integer kernels take int8 activations as uint8 q + 128 and, on x86 CPUs without VNNI (AVX2 only, like
+  our 2-core machines), add pairs of uint8 x int8 products in int16 with saturation: 2 * 255 * 127 does not fit
+  (measured: 8160 for a sum of 1032256, in QGemm, QLinearConv and MatMulInteger alike). Its uint8 x uint8
+  kernels do not saturate; int8 x int8 runs a slow reference loop. So only a Relu output (zero point -128,
+  i.e. uint8 [0, 127] inside ORT) may enter QLinearConv / QGemm. A signed input goes to ``MatMulInteger`` with
+  uint8 operands (activation and weight + 128, zero points 128: exact int32 sums) for a Linear, and stays a
+  float conv (dequantized by Cast * scale, which ORT does not fuse) for a Conv.
+- A float-output Gemm becomes QGemm only with no bias or an int32 bias behind DequantizeLinear (scale
+  x_scale * w_scale), as ORT's own quantizer writes it. A Conv has no integer form with a float output.
+- w8a8-dynamic's per-row activation scales block every QDQ fusion (ORT wants one activation scale per tensor):
+  the uint8 ``MatMulInteger`` above keeps our per-token numerics exactly.
 
 The functions are onnxscript trace-only translations: they run once at export time with symbolic values, so
-plain Python control flow on attributes (``act``, optional bias) is fine.
+plain Python control flow on attributes (``act``, optional bias, the chosen form) is fine, and so is looking at
+the node that produced an input (``value.producer()``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -29,8 +52,30 @@ import onnx_ir as ir
 import torch
 from onnxscript import opset18 as op
 
+from ..errors import SlimgraphError
+
 sgops = torch.ops.slimgraph
-_FLOAT = 1  # ONNX TensorProto.FLOAT, the element type the dequantized math runs in
+_FLOAT, _UINT8, _INT32 = 1, 2, 6  # ONNX TensorProto element types
+_INT32_LIMIT = float(2**31 - 128)  # float32 rounds 2**31 - 1 up: stay clear of the int32 edge before the Cast
+# ops that move int8 values without changing them (MaxPool picks one of them): a DequantizeLinear looks through
+# them for the QuantizeLinear that wrote the value
+_LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Expand"})
+_INT8_PASSTHROUGH = _LAYOUT_OPS | {"MaxPool"}
+_SHIFTED = "slimgraph.relu_zero_point"  # meta mark of the -128 zero points written for Relu outputs
+
+
+_ORT_FORM = contextvars.ContextVar("slimgraph_onnx_ort_form", default=False)
+
+
+@contextlib.contextmanager
+def for_onnxruntime():
+    """Exports inside this block use the forms ONNX Runtime's CPU provider runs as integer kernels (module
+    docstring); the default is the portable QDQ form TensorRT reads."""
+    token = _ORT_FORM.set(True)
+    try:
+        yield
+    finally:
+        _ORT_FORM.reset(token)
 
 
 def _const(array: np.ndarray):
@@ -46,8 +91,58 @@ def _zero_point(n: int | None = None):
     return _const(np.zeros(() if n is None else (n,), np.int8))
 
 
-def _dynamic_zero_point(scale):
-    return op.ConstantOfShape(op.Shape(scale), value=ir.tensor(np.zeros((1,), np.int8)))
+def _dynamic_zero_point(scale, value: int = 0, dtype=np.int8):
+    return op.ConstantOfShape(op.Shape(scale), value=ir.tensor(np.array([value], dtype)))
+
+
+def _writer(x):
+    """The QuantizeLinear node that wrote int8 ``x``, looking through ops that move int8 values unchanged (layout
+    ops, MaxPool, and Relu on a symmetric int8 value); None for a graph input or constant. In ORT form an int8
+    value from any other op has an unknown zero point: that stops the export instead of guessing."""
+    value, through_relu = x, False
+    while isinstance(value, ir.Value) and (node := value.producer()) is not None:
+        if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx"):
+            shifted = len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].meta.get(_SHIFTED)
+            if through_relu and shifted:  # an int8 Relu clamps at 0, i.e. at 128 * scale for this tensor
+                _unknown_zero_point(x, "Relu")
+            return node
+        if node.op_type == "Relu":
+            through_relu = True
+        elif node.op_type not in _INT8_PASSTHROUGH:
+            if _ORT_FORM.get() and node.op_type != "Constant":
+                _unknown_zero_point(x, node.op_type)
+            return None
+        value = node.inputs[0]
+    return None
+
+
+def _unknown_zero_point(x, op_type: str):
+    raise SlimgraphError(f"ONNX export for onnxruntime: the int8 value {x.name!r} comes through a {op_type} node "
+                         "that does not keep its zero point; export without for_onnxruntime() (the portable QDQ "
+                         "form) instead")
+
+
+def _written_zero_point(x):
+    """The zero point ``x`` was quantized with: a requantized Relu output carries -128 (see the module docstring),
+    every other int8 tensor of ours (graph inputs, constants, boundary quantizers) the symmetric 0."""
+    writer = _writer(x)
+    if writer is not None and len(writer.inputs) > 2 and writer.inputs[2] is not None:
+        return writer.inputs[2]
+    return _zero_point()
+
+
+def _shifted(x) -> bool:
+    """``x`` is a Relu output written with zero point -128 (ORT form): ORT's kernels read it as uint8 in [0, 127]."""
+    writer = _writer(x)
+    return writer is not None and len(writer.inputs) > 2 and bool(writer.inputs[2].meta.get(_SHIFTED))
+
+
+def _dequantize_input(x, x_scale):
+    if _ORT_FORM.get() and not _shifted(x):
+        # A signed int8 input would enter ORT's uint8 x int8 kernels as q + 128, whose int16 pair sums saturate on
+        # CPUs without VNNI (module docstring): dequantized by arithmetic, ORT keeps this conv in float, exact.
+        return op.Mul(op.Cast(x, to=_FLOAT), x_scale)
+    return op.DequantizeLinear(x, x_scale, _written_zero_point(x))
 
 
 def _activation(y, act: str):
@@ -74,12 +169,32 @@ def _activation(y, act: str):
     raise ValueError(f"no ONNX translation for activation {act!r}")
 
 
+def _requantize_output(y, act: str, out_scale):
+    """act(y) quantized with ``out_scale``; in ORT form a Relu's output with zero point -128 so that ORT folds the
+    Relu into the QuantizeLinear and the Conv/Gemm before it into an integer kernel with int8 output."""
+    if act == "relu" and _ORT_FORM.get():
+        zero_point = _const(np.array(-128, np.int8))
+        zero_point.meta[_SHIFTED] = True
+        return op.QuantizeLinear(op.Relu(y), out_scale, zero_point)
+    return op.QuantizeLinear(_activation(y, act), out_scale, _zero_point())
+
+
 def _cast_out(y, out_dtype: int):
     return y if out_dtype in (-1, _FLOAT) else op.Cast(y, to=out_dtype)
 
 
 def _dequantized_weight(w, w_scale):
     return op.DequantizeLinear(w, w_scale, _zero_point(w.shape[0]), axis=0)
+
+
+def _int32_bias(bias, x_scale, w_scale, n: int):
+    """The bias on the int32 accumulator's grid (scale x_scale * w_scale, zero point 0), behind DequantizeLinear:
+    the form ORT needs to run a float-output Gemm as QGemm. Rounding moves each bias by at most half a step of
+    the accumulator, far below the int8 activation's own rounding. The arithmetic is on initializers only, so
+    the exporter/ORT fold it to one int32 constant."""
+    scale = op.Mul(op.Reshape(x_scale, _const(np.array([1], np.int64))), w_scale)
+    steps = op.Clip(op.Round(op.Div(bias, scale)), _scalar(-_INT32_LIMIT), _scalar(_INT32_LIMIT))
+    return op.DequantizeLinear(op.Cast(steps, to=_INT32), scale, _const(np.zeros((n,), np.int32)), axis=0)
 
 
 def _rows(x, k: int):
@@ -102,10 +217,14 @@ def quantize_per_tensor(x, scale):
     return op.QuantizeLinear(x, scale, _zero_point())
 
 
-def _quantize_rows(x2d):
+def _row_scales(x2d):
     absmax = op.Max(op.ReduceMax(op.Abs(x2d), _const(np.array([1], np.int64)), keepdims=0),
                     _const(np.array(1e-12, np.float32)))
-    scale = op.Div(absmax, _const(np.array(127.0, np.float32)))
+    return op.Div(absmax, _const(np.array(127.0, np.float32)))
+
+
+def _quantize_rows(x2d):
+    scale = _row_scales(x2d)
     return op.QuantizeLinear(x2d, scale, _dynamic_zero_point(scale), axis=0), scale
 
 
@@ -141,12 +260,57 @@ def layer_norm_quantize_per_token(x, normalized_shape: list[int], weight=None, b
 
 def qlinear_static(x, x_scale, w, w_scale, bias=None, act: str = "none", out_scale=None, out_dtype: int = _FLOAT):
     n, k = w.shape[0], w.shape[1]
-    xf = op.DequantizeLinear(_rows(x, k), x_scale, _zero_point())
+    if _ORT_FORM.get() and not _shifted(x):  # signed input: exact uint8 x uint8 MatMulInteger (module docstring)
+        if out_scale is None:
+            return _cast_out(_integer_matmul_rows(x, x_scale, w, w_scale, bias, act), out_dtype)
+        y = _integer_matmul_rows(x, x_scale, w, w_scale, bias, "none")
+        return _requantize_output(y, act, out_scale)
+    xf = op.DequantizeLinear(_rows(x, k), x_scale, _written_zero_point(x))
+    if out_scale is not None:  # Gemm -> Q: ORT takes the float bias itself here
+        y = _requantize_output(_gemm(xf, _dequantized_weight(w, w_scale), bias), act, out_scale)
+        return _restore_rows(y, x, n)
+    if bias is not None and _ORT_FORM.get():
+        bias = _int32_bias(bias, x_scale, w_scale, n)
     y = _restore_rows(_activation(_gemm(xf, _dequantized_weight(w, w_scale), bias), act), x, n)
-    return op.QuantizeLinear(y, out_scale, _zero_point()) if out_scale is not None else _cast_out(y, out_dtype)
+    return _cast_out(y, out_dtype)
+
+
+def _uint8_rows(x, k: int):
+    """int8 per-row quantized ``x`` as uint8 rows ``[M, K]`` with zero point 128 (MatMulInteger's exact form).
+
+    When ``x`` is our per-row QuantizeLinear's output, reshaped only, the same float rows and scales are quantized
+    again straight to uint8 (the int8 QuantizeLinear is then unused and ORT drops it); otherwise shifted by 128."""
+    value = x
+    while isinstance(value, ir.Value) and (node := value.producer()) is not None and node.op_type == "Reshape":
+        value = node.inputs[0]  # a Reshape keeps the row-major order of the rows; a Transpose would not
+    writer = value.producer() if isinstance(value, ir.Value) else None
+    if writer is not None and writer.op_type == "QuantizeLinear" and "axis" in writer.attributes:
+        rows, scale = writer.inputs[0], writer.inputs[1]  # only _quantize_rows writes per-row (axis) activations
+        return op.QuantizeLinear(rows, scale, _dynamic_zero_point(scale, 128, np.uint8), axis=0)
+    if writer is not None and writer.op_type == "QuantizeLinear" and value is x:  # a static per-tensor quantizer
+        return _rows(op.QuantizeLinear(writer.inputs[0], writer.inputs[1], _const(np.array(128, np.uint8))), k)
+    shifted = op.Add(op.Cast(_rows(x, k), to=_INT32), _const(np.array(128, np.int32)))
+    return op.Cast(shifted, to=_UINT8)
+
+
+def _integer_matmul_rows(x, x_scale, w, w_scale, bias, act: str):
+    """ORT form of qlinear_dynamic: exact int32 sums from MatMulInteger (uint8 x uint8), then the reference's
+    epilogue ``acc * x_scale[row] * w_scale + bias`` and the activation, in float."""
+    n, k = w.shape[0], w.shape[1]
+    w_u8 = op.Cast(op.Add(op.Cast(op.Transpose(w, perm=[1, 0]), to=_INT32), _const(np.array(128, np.int32))),
+                   to=_UINT8)  # initializer arithmetic: folded to one uint8 [K, N] constant
+    zero = _const(np.array(128, np.uint8))
+    acc = op.MatMulInteger(_uint8_rows(x, k), w_u8, zero, zero)
+    rows_scale = op.Reshape(x_scale, _const(np.array([-1, 1], np.int64)))
+    y = op.Mul(op.Mul(op.Cast(acc, to=_FLOAT), rows_scale), w_scale)
+    if bias is not None:
+        y = op.Add(y, bias)
+    return _restore_rows(_activation(y, act), x, n)
 
 
 def qlinear_dynamic(x, x_scale, w, w_scale, bias=None, act: str = "none", out_dtype: int = _FLOAT):
+    if _ORT_FORM.get():
+        return _cast_out(_integer_matmul_rows(x, x_scale, w, w_scale, bias, act), out_dtype)
     n, k = w.shape[0], w.shape[1]
     rows_scale = op.Reshape(x_scale, _const(np.array([-1], np.int64)))
     xf = op.DequantizeLinear(_rows(x, k), rows_scale, _dynamic_zero_point(rows_scale), axis=0)
@@ -170,9 +334,10 @@ def _conv(xf, wf, bias, stride, padding, dilation, groups: int):
 def qconv_static(x, x_scale, w, w_scale, bias=None, stride: list[int] = (1,), padding: list[int] = (0,),
                  dilation: list[int] = (1,), groups: int = 1, act: str = "none", out_scale=None,
                  out_dtype: int = _FLOAT):
-    xf = op.DequantizeLinear(x, x_scale, _zero_point())
-    y = _activation(_conv(xf, _dequantized_weight(w, w_scale), bias, stride, padding, dilation, groups), act)
-    return op.QuantizeLinear(y, out_scale, _zero_point()) if out_scale is not None else _cast_out(y, out_dtype)
+    y = _conv(_dequantize_input(x, x_scale), _dequantized_weight(w, w_scale), bias, stride, padding, dilation, groups)
+    if out_scale is not None:  # Conv -> Q: ORT forms QLinearConv (it takes the float bias itself)
+        return _requantize_output(y, act, out_scale)
+    return _cast_out(_activation(y, act), out_dtype)
 
 
 def qconv_dynamic(x, x_scale, w, w_scale, bias=None, stride: list[int] = (1,), padding: list[int] = (0,),

@@ -1,0 +1,122 @@
+"""ONNX Runtime runs our int8 exports as integer kernels: exported with ``for_onnxruntime()``, the optimized graph
+ORT writes (``optimized_model_filepath``) holds QLinearConv / QGemm / MatMulInteger for the quantized layers and no
+float Conv/Gemm/MatMul left for them, and its outputs match the quantized torch model."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+import slimgraph as sg
+from slimgraph.quant.onnx_ops import for_onnxruntime
+
+FLOAT_GEMMS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+
+
+class ConvChain(nn.Module):
+    """conv-relu-conv-relu-conv: each conv's only reader is the next quantized conv (int8 epilogues)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c3 = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 128), nn.Linear(128, 128), nn.Linear(128, 32)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def _ort_run(model, args, tmp_path):
+    """Export in ORT form, open with all graph optimizations; (outputs, op counts of the optimized graph)."""
+    with for_onnxruntime():
+        path = sg.export_onnx(model, args, tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "m.opt.onnx")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})
+    ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return out, ops
+
+
+def _rel(got, want) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def test_static_conv_chain_runs_as_qlinearconv(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    q = sg.quantize(ConvChain().eval(), (x,), scheme="w8a8", calib=[(torch.randn(2, 3, 12, 12),) for _ in range(4)])
+    out, ops = _ort_run(q, (x,), tmp_path)
+    # c2 reads c1's Relu output (zero point -128: uint8 [0, 127] inside ORT) and writes int8 for c3 (Relu folded
+    # into the QuantizeLinear): an integer conv. c1 reads the signed image, which ORT's uint8 x int8 conv could
+    # saturate on CPUs without VNNI, and c3 writes float, for which ORT has no integer conv: both stay float.
+    assert ops["QLinearConv"] == 1, ops
+    assert sum(ops[k] for k in ("Conv", "FusedConv")) == 2, ops
+    with torch.no_grad():
+        want = q(x).numpy()
+    # the same int8 math; c1's requantized Relu output keeps values above the calibrated range in ORT (zero point
+    # -128 widens it to [0, 255 * scale]) where torch saturates them, which accounts for the difference
+    assert _rel(out, want) < 2e-2
+
+
+def test_static_mlp_runs_as_qgemm(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 64)
+    q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8", calib=[(torch.randn(8, 64),) for _ in range(4)])
+    out, ops = _ort_run(q, (x,), tmp_path)
+    assert ops["MatMulInteger"] + ops["QGemm"] == 3, ops
+    assert not any(ops[k] for k in FLOAT_GEMMS), ops
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert _rel(out, want) < 2e-2
+
+
+@pytest.mark.parametrize("shape", [(8, 64), (2, 5, 64)])
+def test_dynamic_linears_run_as_matmulinteger_and_match_exactly(shape, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 4  # large activations: the int8 extremes, where uint8 x int8 kernels saturate
+    q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8-dynamic")
+    out, ops = _ort_run(q, (x,), tmp_path)
+    assert ops["MatMulInteger"] == 3, ops
+    assert not any(ops[k] for k in FLOAT_GEMMS), ops
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert _rel(out, want) < 1e-5  # exact int32 sums on both sides: only float rounding of the epilogue differs
+
+
+def test_dynamic_transformer_block_matches_and_uses_integer_matmuls(tmp_path):
+    from slimgraph.testing.archs import TransformerEncoderNet
+
+    torch.manual_seed(0)
+    model = TransformerEncoderNet(norm_first=True).eval()
+    ids = torch.randint(1, 100, (2, 16))
+    q = sg.quantize(model, (ids,), scheme="w8a8-dynamic")
+    out, ops = _ort_run(q, (ids,), tmp_path)
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    assert ops["MatMulInteger"] >= linears - 1, ops  # every quantized Linear (the output head may stay float)
+    with torch.no_grad():
+        want = q(ids).numpy()
+    assert _rel(out, want) < 1e-4
+
+
+def test_default_export_keeps_the_portable_form(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 64)
+    q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8-dynamic")
+    graph = onnx.load(str(sg.export_onnx(q, (x,), tmp_path / "p.onnx"))).graph
+    kinds = Counter(n.op_type for n in graph.node)
+    assert kinds["MatMulInteger"] == 0 and kinds["Gemm"] == 3  # DequantizeLinear -> Gemm, what TensorRT reads
