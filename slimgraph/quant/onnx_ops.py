@@ -62,6 +62,7 @@ _INT32_LIMIT = float(2**31 - 128)  # float32 rounds 2**31 - 1 up: stay clear of 
 _LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Expand"})
 _INT8_PASSTHROUGH = _LAYOUT_OPS | {"MaxPool"}
 _SHIFTED = "slimgraph.relu_zero_point"  # meta mark of the -128 zero points written for Relu outputs
+_PER_ROW = "slimgraph.per_row"  # meta mark of the int8 rows written by _quantize_rows (one scale per row)
 
 
 _ORT_FORM = contextvars.ContextVar("slimgraph_onnx_ort_form", default=False)
@@ -225,7 +226,9 @@ def _row_scales(x2d):
 
 def _quantize_rows(x2d):
     scale = _row_scales(x2d)
-    return op.QuantizeLinear(x2d, scale, _dynamic_zero_point(scale), axis=0), scale
+    q = op.QuantizeLinear(x2d, scale, _dynamic_zero_point(scale), axis=0)
+    q.meta[_PER_ROW] = True
+    return q, scale
 
 
 def dynamic_quantize_per_token(x):
@@ -284,8 +287,8 @@ def _uint8_rows(x, k: int):
     while isinstance(value, ir.Value) and (node := value.producer()) is not None and node.op_type == "Reshape":
         value = node.inputs[0]  # a Reshape keeps the row-major order of the rows; a Transpose would not
     writer = value.producer() if isinstance(value, ir.Value) else None
-    if writer is not None and writer.op_type == "QuantizeLinear" and "axis" in writer.attributes:
-        rows, scale = writer.inputs[0], writer.inputs[1]  # only _quantize_rows writes per-row (axis) activations
+    if writer is not None and writer.op_type == "QuantizeLinear" and value.meta.get(_PER_ROW):
+        rows, scale = writer.inputs[0], writer.inputs[1]  # [M, K] rows and their [M] scales
         return op.QuantizeLinear(rows, scale, _dynamic_zero_point(scale, 128, np.uint8), axis=0)
     if writer is not None and writer.op_type == "QuantizeLinear" and value is x:  # a static per-tensor quantizer
         return _rows(op.QuantizeLinear(writer.inputs[0], writer.inputs[1], _const(np.array(128, np.uint8))), k)
