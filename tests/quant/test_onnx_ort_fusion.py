@@ -120,3 +120,18 @@ def test_default_export_keeps_the_portable_form(tmp_path):
     graph = onnx.load(str(sg.export_onnx(q, (x,), tmp_path / "p.onnx"))).graph
     kinds = Counter(n.op_type for n in graph.node)
     assert kinds["MatMulInteger"] == 0 and kinds["Gemm"] == 3  # DequantizeLinear -> Gemm, what TensorRT reads
+
+
+@pytest.mark.parametrize("name", ["residual_cnn", "flatten_cnn"])
+def test_zoo_cnns_load_and_match_in_ort_form(name, tmp_path):
+    """Pooled/flattened int8 inputs into a Linear (a Reshape between quantizer and GEMM) and residual blocks."""
+    from slimgraph.testing import make
+
+    torch.manual_seed(0)
+    model, args, _ = make(name)
+    q = sg.quantize(model, args, scheme="w8a8")
+    out, ops = _ort_run(q, args, tmp_path)
+    assert ops["MatMulInteger"] + ops["QGemm"] >= 1, ops  # the classifier runs as an integer GEMM
+    with torch.no_grad():
+        want = q(*args).numpy()
+    assert _rel(out, want) < 2e-2
