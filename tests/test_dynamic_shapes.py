@@ -347,7 +347,9 @@ def test_default_demo_model_takes_other_lengths_after_compression():
         mask = kwargs["attention_mask"]
         padded = (torch.cat([ids, torch.zeros(b, width - s, dtype=ids.dtype)], 1),
                   torch.cat([mask, torch.zeros(b, width - s, dtype=mask.dtype)], 1))
-        for module, rel in ((pruned, 1e-4), (small, 1e-3)):
+        # int8: padding changes the float rounding of the attention sums by ~1e-7, enough to move an activation
+        # across a per-token rounding boundary now and then; one int8 step of one value is ~1/127 of its row
+        for module, rel in ((pruned, 1e-4), (small, 1e-2)):
             err = compare_outputs(_tensors(run(module, (ids, mask))), _tensors(run(module, padded)))
             assert err.max_rel < rel, f"batch {b}, length {s} vs padded to {width}: {err}"
         assert compare_outputs(_tensors(run(small, (ids, mask))), _tensors(run(pruned, (ids, mask)))).cosine > 0.99

@@ -97,13 +97,13 @@ def couple_elementwise(a: Analysis, node: fx.Node, operands: list) -> Labels | N
         return None
     dims = [d for d in range(nd) if tracked[d]]
     target = tuple(out_shape[d] if tracked[d] else 1 for d in range(nd))
-    stacks, constants, pinned = [], [], []
+    stacks, constants, pinned, broadcast = [], [], [], []
     for op, shp, lab in aligned:
         full_dims = [d for d in dims if shp[d] != 1]
         partial = len(full_dims) != len(dims)
         if lab is not None:
             if partial:
-                a.block(lab, _reason(node, "labelled operand broadcast against more channels"))
+                broadcast.append(lab)
                 continue
             stacks.append(np.broadcast_to(lab.materialize(out_shape, dims), target))
         elif full_dims:
@@ -114,12 +114,21 @@ def couple_elementwise(a: Analysis, node: fx.Node, operands: list) -> Labels | N
                 continue
             pinned.append(full_dims)  # a non-prunable tensor varies along these labelled dims
     if not stacks:
+        for lab in broadcast:
+            a.block(lab, _reason(node, "labelled operand broadcast against more channels"))
         return None
     base = stacks[0]
     for other in stacks[1:]:
         a.uf.union_pairs(base, other)
         base = np.maximum(base, other)
     out = np.ascontiguousarray(base)
+    for lab in broadcast:
+        # x * rsqrt(mean(x^2, -1, keepdim)) per head: the statistic of head h is broadcast over head h's channels,
+        # which are already one unit (see reductions._merge_reduced): exact. Anything else would merge units
+        # behind the user's back, so it stays blocked.
+        spread = np.broadcast_to(lab.array, target)
+        if not np.array_equal(a.uf.find_all(spread), a.uf.find_all(np.broadcast_to(out, target))):
+            a.block(lab, _reason(node, "labelled operand broadcast against more channels"))
     for full_dims in pinned:
         _pin(a, out, full_dims, _reason(node, "meets a non-prunable tensor"))
     for (attr, mapping), full_dims in constants:
@@ -145,6 +154,18 @@ def _pin(a: Analysis, labels: np.ndarray, dims: list[int], reason: str) -> None:
                 a.pins.append(uniq)
 
 
+def _each_unit_reads_all_of(labels: np.ndarray, param_dims: list[int]) -> bool:
+    """True when every unit in ``labels`` covers every position along ``param_dims`` (the dims a broadcast
+    parameter varies along): whichever units go, each parameter entry keeps a reader, so it needs no slicing."""
+    if not param_dims:
+        return True
+    others = tuple(d for d in range(labels.ndim) if d not in param_dims)
+    for unit in np.unique(labels[labels >= 0]):
+        if not np.any(labels == unit, axis=others).all():
+            return False
+    return True
+
+
 def _const_member(a: Analysis, attr: fx.Node, mapping, out: np.ndarray, full_dims, node: fx.Node) -> None:
     t = get_attr_tensor(a.gm, attr)
     if t is None:
@@ -157,6 +178,15 @@ def _const_member(a: Analysis, attr: fx.Node, mapping, out: np.ndarray, full_dim
         # the parameter is broadcast along this output dim: labels there must not vary
         first = arr.take([0], axis=d)
         if not np.array_equal(np.broadcast_to(first, arr.shape), arr):
+            roots = a.uf.find_all(out).reshape(out.shape)
+            if _each_unit_reads_all_of(roots, [e for e in full_dims if mapping[e] is not None]):
+                # Qwen3's q/k norm weight [head_dim], broadcast across heads: every head reads all of it, so
+                # removing heads never leaves an entry unread and the weight stays whole; only removing every
+                # unit that reads it is forbidden (checked when planning, as for _pin's shared slices)
+                units = np.unique(roots[roots >= 0])
+                if len(units):
+                    a.pins.append(units)
+                return
             a.block(out, _reason(node, f"parameter {attr.target} is shared by several pruning units"))
             return
         arr = first

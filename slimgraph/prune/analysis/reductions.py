@@ -46,6 +46,9 @@ def reduce_labels(a: Analysis, node: fx.Node, raw, keepdim: bool, exact: bool) -
     else:
         dims = [d % nd for d in (raw if isinstance(raw, (list, tuple)) else [raw])]
     reduced_tracked = [d for d in dims if lab.tracked[d]]
+    kept_tracked = any(t and d not in dims for d, t in enumerate(lab.tracked))
+    if reduced_tracked and kept_tracked and not _uniform_over(lab, reduced_tracked):
+        return _merge_reduced(a, node, lab, dims, reduced_tracked, keepdim)
     if reduced_tracked and not exact:
         a.uf.mark_approximate(lab.array, _reason(node, "reduction over channels changes when channels go"))
     arr = lab.array
@@ -61,6 +64,33 @@ def reduce_labels(a: Analysis, node: fx.Node, raw, keepdim: bool, exact: bool) -
         return make_labels(arr, tracked) if any(tracked) and _uniform_over(lab, reduced_tracked) else (
             _block_and_none(a, lab, node) if any(tracked) else None)
     return make_labels(arr, tracked)
+
+
+def _merge_reduced(a: Analysis, node: fx.Node, lab: Labels, dims: list[int], reduced: list[int], keepdim: bool):
+    """A reduction over labelled dims whose labels vary, keeping other labelled dims (Qwen3's q/k RMS norm: the
+    mean over head_dim of [B, S, heads, head_dim] while head_dim's channels are still separate units).
+
+    # mean(x[.., heads, head_dim], -1)  =>  the channels of each head become one unit
+    Each output element is removed exactly when all the inputs it reduces are, so every output that stays reads
+    all of its inputs: exact for any reduction. Where a reduced slice mixes fixed positions with units, the
+    output would change when those units go: blocked."""
+    arr = lab.array
+    fixed = arr < 0
+    axes = tuple(reduced)
+    if (fixed.any(axis=axes) & ~fixed.all(axis=axes)).any():
+        return _block_and_none(a, lab, node)
+    for d in reduced:
+        first = np.broadcast_to(arr.take([0], axis=d), arr.shape)
+        a.uf.union_pairs(first, arr)
+    out = arr
+    for d in dims:
+        out = out.take([0], axis=d) if lab.tracked[d] else out
+    tracked = [t and d not in dims for d, t in enumerate(lab.tracked)]
+    if not keepdim:
+        keep = [d for d in range(lab.ndim) if d not in dims]
+        out = out.reshape([out.shape[d] for d in keep])
+        tracked = [tracked[d] for d in keep]
+    return make_labels(np.ascontiguousarray(out), tracked)
 
 
 def _uniform_over(lab: Labels, dims: list[int]) -> bool:
