@@ -1,9 +1,6 @@
 """Quantization's side of calibration: the batch runner is shared (:mod:`slimgraph.ir.calibration`); what is
 quantization's own is the check that every watched activation is finite, so bad calibration data fails with
 the node's name instead of silently producing a NaN scale.
-
-The runner's names are re-exported here for the code that imported them from this module before the runner
-was shared.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import InputError
-from ..ir.calibration import NodeValues, describe, normalize_batches, run_watched  # noqa: F401 - re-exported
+from ..ir.calibration import describe
 
 
 def check_finite(node: fx.Node, value, batch: int) -> None:

@@ -24,23 +24,15 @@ import torch
 import torch.fx as fx
 
 from ..errors import InputError
+from ..ir.calibration import NodeValues, normalize_batches, run_watched
 from ..ir.graph_utils import get_attr_tensor
 from ..ir.info import node_info
-from ..quant.calibrate import NodeValues, normalize_batches, run_watched
+from ..ir.match import ALL_CONVS, ALL_LINEARS, is_call
 
-aten = torch.ops.aten
 IMPORTANCE = ("l1", "l2", "act")
 
-_LINEARS = {aten.linear.default}
-_CONVS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
-          aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding}
+_GEMMS = ALL_LINEARS | ALL_CONVS  # linear / linear_act, convNd (string padding too) / conv_act
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _gemm_ops() -> tuple[set, set]:
-    # slimgraph's fused ops are registered when slimgraph.kernels is imported; look them up at call time
-    sg = torch.ops.slimgraph
-    return _LINEARS | {sg.linear_act.default}, _CONVS | {sg.conv_act.default}
 
 
 @dataclass(eq=False)
@@ -63,10 +55,9 @@ class Layer:
 
 def find_layers(gm: fx.GraphModule) -> list[Layer]:
     """Every candidate weight, in graph order."""
-    linears, convs = _gemm_ops()
     layers: dict[str, Layer] = {}
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in linears | convs or len(node.args) < 2:
+        if not is_call(node, _GEMMS) or len(node.args) < 2:
             continue
         w_node = node.args[1]
         w = get_attr_tensor(gm, w_node) if isinstance(w_node, fx.Node) else None
@@ -76,7 +67,7 @@ def find_layers(gm: fx.GraphModule) -> list[Layer]:
         if target in layers:
             layers[target].nodes.append(node)
             continue
-        kind = "linear" if node.target in linears else f"conv{w.dim() - 2}d"
+        kind = "linear" if node.target in ALL_LINEARS else f"conv{w.dim() - 2}d"
         info = node_info(node)
         name = target.removesuffix(".weight") if target.endswith(".weight") else target
         layers[target] = Layer(target, name, kind, [node], info.module_type if info is not None else "")

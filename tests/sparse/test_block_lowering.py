@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import slimgraph as sg
-from slimgraph.kernels._triton_utils import INTERPRET_ENV, LAUNCHES
+from slimgraph.kernels.dispatch import INTERPRET_ENV
+from slimgraph.kernels.launch import LAUNCHES
 from slimgraph.sparse import last_report
 
 BSR = torch.ops.slimgraph.block_sparse_matmul.default
