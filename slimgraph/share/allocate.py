@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-from torch.utils._pytree import tree_leaves
 
 from ..distill import _split_batch
 from ..errors import InputError
+from ..ir.calibration import Batch, normalize_batches, run_outputs
 from ..ir.graph_utils import get_attr_tensor
-from ..ir.info import graph_info
-from ..numerics import run_module
+from ..numerics import compare_outputs
 from ..report import format_table
 from ..sparse.layers import find_layers, select
 from .kmeans import step_for_entropy, uniform_1d
@@ -87,12 +86,12 @@ def allocate_bits(gm: fx.GraphModule, data: Iterable | None = None, mean_bits: f
     kept, _, _ = select(layers, tuple(ignore))
     if not kept:
         raise InputError("allocate_bits: no linear/conv/embedding weight to allocate bits to")
-    info = graph_info(gm)
-    batches = [(tuple(info.example_args), dict(info.example_kwargs))] if data is None else [
-        _split_batch(b)[:2] for b in list(data)[:PROBE_BATCHES]]
+    # share_weights' batches are distillation batches (dicts may carry labels): keep their inputs only
+    batches = normalize_batches(None, gm) if data is None else [
+        Batch(*_split_batch(b)[:2]) for b in list(data)[:PROBE_BATCHES]]
     if not batches:
         raise InputError("allocate_bits: data is empty")
-    reference = [_float_leaves(run_module(gm, args, kwargs)) for args, kwargs in batches]
+    reference = run_outputs(gm, batches)
     alloc = BitAllocation(mean_bits, probe_bits=probe_bits, min_bits=min_bits, max_bits=max_bits)
     for layer in kept:
         w = get_attr_tensor(gm, layer.nodes[0].args[_weight_arg(layer)])
@@ -100,7 +99,8 @@ def allocate_bits(gm: fx.GraphModule, data: Iterable | None = None, mean_bits: f
         with torch.no_grad():
             w.copy_(_probe(saved, probe_bits))
             try:
-                alloc.sensitivity[layer.weight] = _relative_error(gm, batches, reference)
+                # relative squared error over every batch's float outputs together (rel_l2 is its root)
+                alloc.sensitivity[layer.weight] = compare_outputs(run_outputs(gm, batches), reference).rel_l2 ** 2
             finally:
                 w.copy_(saved)
         alloc.numel[layer.weight] = saved.numel()
@@ -118,19 +118,6 @@ def _probe(w: torch.Tensor, bits: float) -> torch.Tensor:
     out = torch.zeros_like(w)
     out[nonzero] = fit.centroids[fit.assignment].to(w.dtype)
     return out
-
-
-def _float_leaves(out) -> list[torch.Tensor]:
-    return [t.detach().double() for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
-def _relative_error(gm: fx.GraphModule, batches, reference) -> float:
-    err = ref_norm = 0.0
-    for (args, kwargs), ref in zip(batches, reference):
-        for got, want in zip(_float_leaves(run_module(gm, args, kwargs)), ref):
-            err += float((got - want).pow(2).sum())
-            ref_norm += float(want.pow(2).sum())
-    return err / (ref_norm or 1.0)
 
 
 def _water_fill(sensitivity: dict[str, float], numel: dict[str, int], mean_bits: float, probe_bits: float,
