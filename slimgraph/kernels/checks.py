@@ -4,12 +4,13 @@ argument, with what was expected and what came, before any kernel is launched.""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from math import prod
 
 import torch
 
 from ..errors import InputError
 
-__all__ = ["check_float_dtype", "check_same_device", "check_tensor", "check_vector"]
+__all__ = ["check_float_dtype", "check_gemm_operands", "check_same_device", "check_tensor", "check_vector"]
 
 
 def check_tensor(
@@ -70,3 +71,18 @@ def check_vector(op: str, name: str, t, length: int, *, dtypes=None, allow_scala
         also = " (or a single element)" if allow_scalar else ""
         raise InputError(f"{op}: argument '{name}' must have shape ({length},){also}, got {tuple(t.shape)}")
     return t
+
+
+def check_gemm_operands(op: str, x_name: str, x, w_name: str, w, *, x_dtypes: Iterable[torch.dtype],
+                        ) -> tuple[int, int, int]:
+    """Activations ``[..., K]`` and an int8 ``[N, K]`` weight (nn.Linear layout) of a GEMM; returns (M, N, K)
+    with the leading dims of ``x`` flattened into M."""
+    check_tensor(op, x_name, x, dtypes=x_dtypes, min_dim=1)
+    check_tensor(op, w_name, w, dtypes=(torch.int8,), dim=2)
+    K, N = x.shape[-1], w.shape[0]
+    if w.shape[1] != K:
+        raise InputError(
+            f"{op}: mismatched K: {x_name} has K={K} (shape {tuple(x.shape)}) but {w_name} has K={w.shape[1]} "
+            f"(shape {tuple(w.shape)}); {w_name} must be the [N, K] Linear weight layout"
+        )
+    return prod(x.shape[:-1]), N, K

@@ -19,14 +19,12 @@ launcher), :func:`int8_matmul_reference`. Graphs reach them through ``slimgraph:
 
 from __future__ import annotations
 
-from math import prod
-
 import torch
 import triton
 import triton.language as tl
 
 from ..errors import InputError
-from .checks import check_float_dtype, check_same_device, check_tensor, check_vector
+from .checks import check_float_dtype, check_gemm_operands, check_same_device, check_tensor, check_vector
 from .dispatch import use_triton
 from .epilogue import activation_code, apply_activation, apply_activation_tl
 from .int8_matmul_wgmma import launch_wgmma, use_wgmma
@@ -126,17 +124,9 @@ def _split_k_epilogue_kernel(
 
 def _check(a, b, a_scale, b_scale, bias, activation, out_dtype) -> tuple[int, int, int, int]:
     """Validate the op's arguments; returns (M, N, K, activation code)."""
-    check_tensor(OP, "a", a, dtypes=(torch.int8,), min_dim=1)
-    check_tensor(OP, "b", b, dtypes=(torch.int8,), dim=2)
-    K, N = a.shape[-1], b.shape[0]
-    if b.shape[1] != K:
-        raise InputError(
-            f"{OP}: mismatched K: a has K={K} (shape {tuple(a.shape)}) but b has K={b.shape[1]} "
-            f"(shape {tuple(b.shape)}); b must be the [N, K] Linear weight layout"
-        )
+    M, N, K = check_gemm_operands(OP, "a", a, "b", b, x_dtypes=(torch.int8,))
     if K > MAX_K:
         raise InputError(f"{OP}: K={K} exceeds {MAX_K}; the int32 accumulator could overflow, split the GEMM")
-    M = prod(a.shape[:-1])
     check_tensor(OP, "a_scale", a_scale, dtypes=(torch.float32,))
     per_row = a_scale.numel() == M and (a_scale.dim() == 1 or tuple(a_scale.shape) == tuple(a.shape[:-1]))
     if not (per_row or a_scale.numel() == 1):

@@ -18,14 +18,12 @@ launcher), :func:`w8a16_matmul_reference`. Graphs reach them through ``slimgraph
 
 from __future__ import annotations
 
-from math import prod
-
 import torch
 import triton
 import triton.language as tl
 
 from ..errors import InputError
-from .checks import check_same_device, check_tensor, check_vector
+from .checks import check_gemm_operands, check_same_device, check_vector
 from .dispatch import interpreter_requested, use_triton
 from .launch import candidate_configs, launch
 from .tiles import (
@@ -176,19 +174,12 @@ def _split_k_sum_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: 
 
 
 def _check(x, w, w_scale, bias) -> tuple[int, int, int]:
-    check_tensor(OP, "x", x, dtypes=_FLOATS, min_dim=1)
-    check_tensor(OP, "w", w, dtypes=(torch.int8,), dim=2)
-    K, N = x.shape[-1], w.shape[0]
-    if w.shape[1] != K:
-        raise InputError(
-            f"{OP}: mismatched K: x has K={K} (shape {tuple(x.shape)}) but w has K={w.shape[1]} "
-            f"(shape {tuple(w.shape)}); w must be the [N, K] Linear weight layout"
-        )
+    M, N, K = check_gemm_operands(OP, "x", x, "w", w, x_dtypes=_FLOATS)
     check_vector(OP, "w_scale", w_scale, N, dtypes=(torch.float32,), allow_scalar=True)
     if bias is not None:
         check_vector(OP, "bias", bias, N, dtypes=_FLOATS)
     check_same_device(OP, x=x, w=w, w_scale=w_scale, bias=bias)
-    return prod(x.shape[:-1]), N, K
+    return M, N, K
 
 
 def choose_split_k(M: int, N: int, K: int, device: torch.device) -> int:
