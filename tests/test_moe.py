@@ -129,3 +129,22 @@ def test_pruned_quantized_moe_archive_and_onnx_other_lengths(tmp_path):
         got = session.run(None, {session.get_inputs()[0].name: x[0].numpy()})[0]
         assert got.shape == tuple(expected.shape)
         assert_close_outputs(torch.from_numpy(got), expected, rel=1e-4)
+
+
+def test_dense_capture_warns_once_with_the_flop_factor():
+    """The dense form costs E/k times the routed expert FLOPs: capture says so, once per model, with the factor."""
+    import warnings
+
+    from slimgraph.ir.experts import DenseExpertsWarning
+
+    model = MoEBlock("mixtral", None).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sg.capture(model, _x(2, 16))
+    dense = [w for w in caught if issubclass(w.category, DenseExpertsWarning)]
+    assert len(dense) == 1, [str(w.message) for w in caught]
+    assert f"{EXPERTS / 2:g}x" in str(dense[0].message) and f"top-2 of {EXPERTS}" in str(dense[0].message)
+    with warnings.catch_warnings(record=True) as caught:  # no experts: no warning
+        warnings.simplefilter("always")
+        sg.capture(torch.nn.Linear(HIDDEN, HIDDEN), _x(2, 16))
+    assert not [w for w in caught if issubclass(w.category, DenseExpertsWarning)]

@@ -29,7 +29,7 @@ import torch.utils._pytree as pytree
 from ..errors import CaptureError, InputError
 from . import dynamic
 from .canonicalize import canonicalize
-from .experts import dense_experts
+from .experts import dense_experts, warn_dense_experts
 from .graph_utils import add_constant, remove_unused_attributes
 from .info import GRAPH_KEY, GraphInfo
 from .propagate import refresh
@@ -88,6 +88,7 @@ def capture(
         budget = dynamic_budget_s if dynamic_budget_s is not None else dynamic.default_budget(model)
         exported, policy, source = _export_with_fallbacks(model, args, kwargs, dynamic_batch, source,
                                                           dynamic_shapes, budget, notes)
+        warn_dense_experts(model)  # the dense MoE form costs E/k times the expert FLOPs: say so, once
     names = dynamic.leaf_names(model, args, kwargs) if isinstance(model, nn.Module) else []
     dims = dynamic.symbolic_dims(exported, names) if names else {}
 

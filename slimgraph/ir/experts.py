@@ -18,14 +18,51 @@ per-token weights, and plain ``matmul`` over constant 3-D weights, which the arc
 MatMul, weight-only int8 stores in int8, and the pruning analysis (``prune/analysis/experts.py``) prunes: the
 intermediate neurons of all experts of one block are removed at the same positions (one kept set per block, so
 the weights stay dense 3-D tensors). The user's module is restored when capture ends.
+
+**Cost.** The dense form multiplies the experts' FLOPs (and their activation memory) by E/k (E experts, k chosen
+per token: Mixtral's 8 and 2 make it 4x) against the routed form; the results are the same. Capture therefore
+raises a :class:`DenseExpertsWarning` once per captured model that has such blocks, naming E, k and the factor,
+so nobody benchmarks a captured MoE model without knowing. The routed form would need a sort/gather op that the
+archive, ONNX and the pruning analysis all understand; until then exactness and portability win over speed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn as nn
+
+
+class DenseExpertsWarning(UserWarning):
+    """The captured graph runs every expert over every token: E/k times the routed form's expert FLOPs."""
+
+
+def warn_dense_experts(model: nn.Module) -> int:
+    """Warn once for ``model`` if it has experts modules that capture runs densely; returns how many it has."""
+    blocks = [m for m in model.modules() if is_experts_module(m)]
+    if not blocks:
+        return 0
+    e = int(blocks[0].num_experts)
+    k = _top_k(model)
+    factor = f"{e / k:g}x" if k else f"E/k (E = {e}; k not found in the model's config)"
+    warnings.warn(f"{len(blocks)} mixture-of-experts block(s) captured in the dense form: every token runs through "
+                  f"all {e} experts and unused ones are weighted by 0 (exact, and the archive, ONNX and pruning "
+                  f"understand it), which costs {factor} the expert FLOPs of the routed form"
+                  f"{f' (top-{k} of {e})' if k else ''}; see slimgraph.ir.experts", DenseExpertsWarning, stacklevel=3)
+    return len(blocks)
+
+
+def _top_k(model: nn.Module) -> int | None:
+    """k of the top-k routing: from the model's config, else from a router or block that stores it."""
+    for owner in (getattr(model, "config", None), *model.modules()):
+        for name in ("num_experts_per_tok", "top_k", "moe_topk", "num_selected_experts"):
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
 
 # attributes transformers' ``use_experts_implementation`` decorator sets on an experts module
 _DECORATED = ("has_gate", "has_bias", "is_transposed", "has_post_expert_norm")
