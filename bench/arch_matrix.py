@@ -1,6 +1,9 @@
 """The architecture matrix: every model through capture -> prune -> w8a8-dynamic -> save/load -> ONNX Runtime.
 
-    python -m bench.arch_matrix [--out bench/results] [--models bert,gpt2] [--timeout 240]
+    python -m bench.arch_matrix [--models bert,gpt2] [--timeout 600] [--jobs 2] [--resume [--rerun a,b]]
+    python -m bench.arch_matrix --out bench/results --timeout 600 --jobs 2     # replace the committed result
+
+Results go to a scratch directory unless ``--out`` is given (``bench.harness.script_parser``).
 
 Models: ``slimgraph.testing.archs.ARCHS`` (small random configs of transformers' own classes plus plain torch
 RNNs, nn.TransformerEncoder, a UNet, depthwise-separable and EmbeddingBag models). Models run one after another
@@ -32,8 +35,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.harness import script_parser
 from bench.prune_common import load, md_table, meta_lines, run_meta, write_results
 
+SUITE = "arch-matrix"  # results stem and scratch directory name
 STEPS = ("capture", "prune", "quantize", "save_load", "onnx")
 
 
@@ -132,11 +137,10 @@ def _errors(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = script_parser(__doc__, SUITE)
     parser.add_argument("--models", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
-    parser.add_argument("--stem", default="arch-matrix")
+    parser.add_argument("--stem", default=SUITE)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes side by side")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of the existing result that finished (no timeout), run the others")
