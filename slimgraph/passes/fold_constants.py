@@ -11,6 +11,7 @@ tensor to a large one) is left alone and reported: constant memory must not blow
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,7 +19,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ..ir.graph_utils import add_constant, get_attr_tensor, op_name
+from ..ir.graph_utils import add_constant, get_attr_tensor, op_name, set_attr_tensor
 from ..ir.match import Pattern, Reject, apply_patterns
 from ..ir.propagate import copy_provenance
 from .base import Pass, PassResult, register_pass
@@ -91,8 +92,11 @@ class _Constants:
         return total
 
 
-def _store(gm: fx.GraphModule, node: fx.Node, value: torch.Tensor) -> None:
-    target = add_constant(gm, value.detach().clone().contiguous(), f"_folded.{node.name}")
+def _store(constants: _Constants, gm: fx.GraphModule, node: fx.Node, value: torch.Tensor) -> None:
+    value = value.detach().clone().contiguous()
+    target = _reuse_weight_name(constants, gm, node, value)
+    if target is None:
+        target = add_constant(gm, value, f"_folded.{node.name}")
     with gm.graph.inserting_before(node):
         attr = gm.graph.get_attr(target)
     attr.meta["val"] = node.meta.get("val")
@@ -100,10 +104,39 @@ def _store(gm: fx.GraphModule, node: fx.Node, value: torch.Tensor) -> None:
     node.replace_all_uses_with(attr)
 
 
+def _reuse_weight_name(constants: _Constants, gm: fx.GraphModule, node: fx.Node, value: torch.Tensor) -> str | None:
+    """Store the fold under its weight's own name when the weight has no reader left: ``w -> t -> linear``
+    becomes ``linear(x, w')`` with ``w'`` still called ``lm_head.weight``, so reports, quantized names
+    (``lm_head.weight_int8``) and saved files keep naming the layer, not ``_folded.transpose_3``.
+
+    The weight is the largest tensor the folded subgraph reads, and the fold must hold as many elements as it (a
+    transpose, reshape, cast or scaling of it, not a reduction); a weight that some other node still reads (tied
+    embeddings, a vector folded from it) keeps its value, and the fold gets a fresh ``_folded.*`` name.
+    """
+    inside, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in inside:
+            continue
+        inside.add(n)
+        stack.extend(i for i in n.all_input_nodes if i in constants.nodes)
+    leaves = [n for n in inside if n.op == "get_attr"]
+    if not leaves:
+        return None
+    weight = max(leaves, key=lambda n: (constants.value(n).numel(), n.target))
+    if constants.value(weight).numel() != value.numel():  # a reduction or an expansion is not "the weight"
+        return None
+    readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == weight.target]
+    if any(u not in inside for r in readers for u in r.users):
+        return None
+    set_attr_tensor(gm, weight.target, value)  # keeps the old kind (parameter or buffer)
+    return weight.target
+
+
 def fold_patterns(constants: _Constants) -> list[Pattern]:
     return [
         # f(constants...) -> non-constant reader  =>  get_attr(f's value, computed now)
-        Pattern("folded", None, constants.foldable, _store),
+        Pattern("folded", None, constants.foldable, functools.partial(_store, constants)),
     ]
 
 
