@@ -38,9 +38,10 @@ import torch
 from bench.run_meta import describe_commit
 from slimgraph.timing import Ratio, Timing, TimingRun, speedup, time_interleaved
 
-__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "finish_metadata", "human",
+__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "figure", "finish_metadata", "human",
            "load_average", "md_table", "meta_lines", "run_metadata", "save_figure", "scatter_chart", "scratch_dir",
-           "script_parser", "speedup", "target_line", "time_variants", "version", "write_results"]
+           "script_parser", "settle_threads", "speedup", "target_line", "time_variants",
+           "time_variants_quietly", "version", "write_results"]
 
 # versions a result records when the run used the tool (run_metadata(..., torch_pruning=...)); meta_lines shows them
 OPTIONAL_VERSIONS = ("torch_pruning", "torchao", "onnx", "onnxruntime")
@@ -56,11 +57,21 @@ def add_out_argument(parser: argparse.ArgumentParser, suite: str) -> None:
                         f"directory {scratch_dir(suite)}; pass --out bench/results to replace the committed results)")
 
 
-def script_parser(doc: str | None, suite: str) -> argparse.ArgumentParser:
+def script_parser(doc: str | None, suite: str, *, quick: str | None = None,
+                  rounds: int | None = None) -> argparse.ArgumentParser:
     """The argument parser every bench script starts from: its docstring as help, ``--out`` defaulting to the
-    suite's scratch directory (committed results are replaced only with an explicit ``--out bench/results``)."""
+    suite's scratch directory (committed results are replaced only with an explicit ``--out bench/results``).
+
+    ``quick`` (its help text) adds the smoke-run flag ``--quick``; ``rounds`` (its default) adds ``--rounds``, the
+    number of interleaved timing rounds.
+    """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_out_argument(parser, suite)
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds,
+                            help=f"interleaved timing rounds (default {rounds})")
     return parser
 
 
@@ -105,6 +116,8 @@ def run_metadata(module: str, argv: list[str] | None, **extra: Any) -> dict[str,
 def finish_metadata(meta: dict[str, Any], start: float) -> dict[str, Any]:
     meta["load_at_end"] = load_average()
     meta["wall_s"] = round(time.perf_counter() - start, 1)
+    if _SETTLED:  # how long the thread pool took to answer promptly before the first timing (settle_threads)
+        meta["thread_pool"] = dict(_SETTLED)
     return meta
 
 
@@ -119,7 +132,18 @@ def meta_lines(meta: dict[str, Any]) -> list[str]:
         f"{meta['load_at_start']}, at end {meta.get('load_at_end')} (a shared machine: timings are noisy when the "
         "load exceeds the cores)",
         f"- wall time of the whole run: {float(meta.get('wall_s', float('nan'))):.1f} s",
+        *_thread_pool_line(meta.get("thread_pool")),
     ]
+
+
+def _thread_pool_line(pool: dict[str, Any] | None) -> list[str]:
+    if not pool or not pool.get("calls"):
+        return []
+    if pool["settled"]:
+        return [f"- before timing, the CPU thread pool took {pool['seconds']:.2f} s ({pool['calls']} probe GEMMs) to "
+                f"answer within {pool['quiet_ms']} ms (bench.harness.settle_threads)"]
+    return [f"- the CPU thread pool did NOT settle in {pool['seconds']:.1f} s (probe GEMM median "
+            f"{pool['median_ms_last']} ms > {pool['quiet_ms']} ms): timings include scheduler waits"]
 
 
 def target_line(name: str, measured: str, target: str, met: bool | None) -> str:
@@ -136,8 +160,78 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
+_SETTLED: dict[str, Any] = {}
+PROBE = "thread-pool probe"  # the extra variant of time_variants_quietly
+
+
+def _probe_gemm() -> Callable[[], object]:
+    """A small GEMM: a parallel region of known cost (~0.05 ms on our 2-core CPU) whose time shows pool waits."""
+    a, b = torch.randn(64, 256), torch.randn(256, 256)
+    return lambda: torch.mm(a, b)
+
+
+def _cpu_pool_idle() -> bool:
+    return torch.cuda.is_available() or torch.get_num_threads() == 1
+
+
+def settle_threads(*, quiet_ms: float = 1.0, calls: int = 50, max_seconds: float = 10.0,
+                   again: bool = False) -> dict[str, Any]:
+    """Wait until torch's intra-op thread pool answers promptly (once per process unless ``again``).
+
+    Why: when other processes keep the cores busy (a shared machine; often in a process's first seconds), every
+    parallel region waits whole scheduler ticks (4 or 8 ms) for the pool's worker thread, whatever it computes:
+    GEMMs that take 0.05 ms read 8, 16, 24 ms, in steps of the tick (the first rows of an earlier
+    bench/results/kernels-cpu.md). A probe GEMM is repeated until the median of the last ``calls`` is under
+    ``quiet_ms`` or ``max_seconds`` have passed (``settled`` False: the result's metadata says so).
+    """
+    if _SETTLED and not again:
+        return _SETTLED
+    if _cpu_pool_idle():
+        _SETTLED.update(settled=True, seconds=0.0, calls=0, note="no CPU worker threads to wait for")
+        return _SETTLED
+    import statistics
+    from collections import deque
+
+    probe = _probe_gemm()
+    recent: deque[float] = deque(maxlen=calls)
+    start = time.perf_counter()
+    settled, n = False, 0
+    while time.perf_counter() - start < max_seconds:
+        t0 = time.perf_counter()
+        probe()
+        recent.append((time.perf_counter() - t0) * 1e3)
+        n += 1
+        if len(recent) == calls and statistics.median(recent) < quiet_ms:
+            settled = True
+            break
+    if not _SETTLED:  # the first settle is the one the metadata reports
+        _SETTLED.update(settled=settled, seconds=round(time.perf_counter() - start, 2), calls=n,
+                        median_ms_last=round(statistics.median(recent), 4), quiet_ms=quiet_ms)
+    return {"settled": settled, "seconds": round(time.perf_counter() - start, 2), "calls": n}
+
+
+def time_variants_quietly(variants: Mapping[str, Callable[[], object]], *, attempts: int = 3,
+                          quiet_ms: float = 1.0, **options) -> tuple[TimingRun, dict[str, Any]]:
+    """:func:`time_variants` with a probe GEMM timed in the same interleaved rounds; while the probe's median
+    says the thread pool kept the variants waiting (> ``quiet_ms``: see :func:`settle_threads`), wait for it to
+    settle and time again, at most ``attempts`` times. Returns the run (without the probe) and
+    ``{"attempts", "probe_ms", "quiet"}``: ``quiet`` False means every attempt was disturbed (say so)."""
+    if _cpu_pool_idle():
+        return time_variants(variants, **options), {"attempts": 1, "probe_ms": None, "quiet": True}
+    probe = _probe_gemm()
+    for attempt in range(1, attempts + 1):
+        settle_threads(quiet_ms=quiet_ms, again=attempt > 1)
+        run = time_variants({**variants, PROBE: probe}, **options)
+        probe_ms = run.timings.pop(PROBE).median_ms
+        if probe_ms <= quiet_ms:
+            break
+    return run, {"attempts": attempt, "probe_ms": round(probe_ms, 4), "quiet": probe_ms <= quiet_ms}
+
+
 def time_variants(variants: Mapping[str, Callable[[], object]], **options) -> TimingRun:
-    """:func:`slimgraph.timing.time_interleaved` with the device's synchronisation, autograd off."""
+    """:func:`slimgraph.timing.time_interleaved` with the device's synchronisation, autograd off, after
+    :func:`settle_threads`."""
+    settle_threads()
     sync = torch.cuda.synchronize if torch.cuda.is_available() else None
 
     def no_grad(fn):
@@ -160,6 +254,17 @@ def write_results(out: str | Path, stem: str, payload: dict[str, Any], markdown:
     return [json_path, md_path]
 
 
+def figure(*args, **kwargs):
+    """``matplotlib.pyplot.subplots(*args, **kwargs)`` on the file-only Agg backend: (fig, axes) for a result plot
+    that :func:`save_figure` writes and closes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
 def save_figure(fig, out: str | Path, stem: str) -> Path:
     """Lay out, write ``out/stem.png`` and close a matplotlib figure."""
     import matplotlib.pyplot as plt
@@ -179,14 +284,9 @@ def bar_chart(out: str | Path, stem: str, series: Mapping[str, Mapping[str, floa
     ``series`` maps a legend label to {category: value}; categories missing from a series (or NaN) leave a gap.
     ``reference`` = (value, label) draws a dashed horizontal line (a target, or the baseline's figure).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     categories = list(dict.fromkeys(c for values in series.values() for c in values))
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 2.0 + 0.5 * len(categories) * len(series) ** 0.5)), 4.5))
+    fig, ax = figure(figsize=(min(14.0, max(6.0, 2.0 + 0.5 * len(categories) * len(series) ** 0.5)), 4.5))
     for i, (label, values) in enumerate(series.items()):
         xs = [j + i * width for j, c in enumerate(categories) if c in values]
         ax.bar(xs, [values[c] for c in categories if c in values], width=width, label=label)
@@ -206,12 +306,7 @@ def bar_chart(out: str | Path, stem: str, series: Mapping[str, Mapping[str, floa
 def scatter_chart(out: str | Path, stem: str, points: Mapping[str, tuple[float, float]], *, xlabel: str,
                   ylabel: str, title: str, logy: bool = False) -> Path:
     """A labelled scatter plot (a trade-off: e.g. latency against accuracy lost) written as ``out/stem.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    fig, ax = figure(figsize=(7.0, 4.5))
     for i, (label, (x, y)) in enumerate(points.items()):
         ax.scatter([x], [y], color=f"C{i % 10}", label=label, zorder=3)
     if logy:

@@ -1,12 +1,15 @@
 """Kernel microbenchmarks: slimgraph's Triton kernels against cuBLAS / cuDNN / torch._int_mm in the same run.
 
-    python -m bench.kernels [--quick] [--ops int8_matmul,w8a16] [--out bench/results]
+    python -m bench.kernels [--quick] [--ops int8_matmul,w8a16] [--out bench/results]   (default: a scratch dir)
 
 Shapes come from ``bench/shapes.py`` (BERT-base, Llama-7B/8B, ResNet-50 convs, squares, decode). On a GPU every
 figure is the median of ``triton.testing.do_bench`` (CUDA events; decode-sized calls through CUDA graphs), inputs
-rotated so that weights never sit in L2 between calls. Rows report ms, TFLOP/s, GB/s of the fewest bytes the op
-must move, the floor time of those FLOPs and bytes at the *measured* peaks, speed-up over cuBLAS fp16 and
-% of the measured fp16 peak (a large cuBLAS fp16 GEMM timed in the same run; int8 can exceed 100%).
+rotated so that weights never sit in L2 between calls; the spread is its 25th-75th percentile. On a CPU the ops of
+one shape are timed together by the harness's interleaved timing (bench/harness.py: every op warmed up before
+any is timed, then rounds in rotating order; median and IQR), with a probe GEMM in the same rounds that shows
+when the thread pool kept them waiting (then the shape is timed again). Rows report ms, TFLOP/s, GB/s of the
+fewest bytes the op must move, the floor time of those FLOPs and bytes at the *measured* peaks, speed-up over
+cuBLAS fp16 and % of the measured fp16 peak (a large cuBLAS fp16 GEMM timed in the same run; int8 can exceed 100%).
 
 Ops (names usable in ``--ops``):
   fp16_mm, bf16_mm       torch.mm on fp16/bf16 (cuBLAS), the baselines
@@ -21,17 +24,15 @@ Ops (names usable in ``--ops``):
   quantize_per_token     ours, per-token int8 quantization (bandwidth)
 
 Without a GPU the script still runs end to end in seconds: tiny stand-ins of the shapes, timing the torch
-reference paths on CPU (which is what graphs run there); the output files say so and list what remains.
-Results: ``<out>/kernels-<device>.{json,md,png}`` (``kernels-cpu.*`` for CPU runs).
+reference paths on CPU (which is what graphs run there); the output files say so and list what remains. Under
+``TRITON_INTERPRET=1`` (how CI runs the kernels on CPU) nothing changes here: the CPU rows time the torch references
+and baselines, never the interpreter. Results: ``<out>/kernels-<device>.{json,md,png}`` (``kernels-cpu.*`` for CPU
+runs); the committed CPU run: ``TRITON_INTERPRET=1 python -m bench.kernels --out bench/results``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from bench.run_meta import git_state
+from bench import harness
 from bench.shapes import BSR_BLOCKS, SHAPES, SPARSITIES, Shape, tiny
 
 OPS = (
@@ -50,7 +51,7 @@ OPS = (
     "semi24", "int8_conv2d", "cudnn_fp16_conv", "quantize_per_token",
 )  # fmt: skip
 INT8_OPS = {"int_mm_scaled", "int8_matmul", "quant+int8_matmul", "int8_conv2d"}
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+SUITE = "kernels"
 
 # GUIDE §5 / issue 5 targets on H100 (benchmarks, not tests).
 TARGETS = (
@@ -67,36 +68,21 @@ TARGETS = (
 # ------------------------------------------------------------------------------------------------ environment
 
 
-def _git_commit() -> dict:
-    commit, dirty = git_state()
-    return {"commit": commit, "dirty": dirty}
-
-
-def environment(gpu: bool) -> dict:
-    env = {
-        "device": torch.cuda.get_device_name() if gpu else f"CPU ({platform.processor() or platform.machine()})",
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.version.cuda,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        **_git_commit(),
-    }
-    if gpu:
-        props = torch.cuda.get_device_properties(0)
-        env.update(sms=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
-                   l2_mib=round(getattr(props, "L2_cache_size", 0) / 2**20, 1))  # fmt: skip
-    else:
-        env["threads"] = torch.get_num_threads()
-    return env
+def gpu_details(gpu: bool) -> dict:
+    """What the harness's run metadata does not say about a GPU run: CUDA, SMs, memory and L2."""
+    if not gpu:
+        return {"gpu": False}
+    props = torch.cuda.get_device_properties(0)
+    return dict(gpu=True, cuda=torch.version.cuda, sms=props.multi_processor_count,
+                memory_gib=round(props.total_memory / 2**30, 1),
+                l2_mib=round(getattr(props, "L2_cache_size", 0) / 2**20, 1))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------- timing
 
 
 def _gpu_timer(fn: Callable[[], object], small: bool, repeat: int) -> tuple[float, float, float]:
-    """(median, p20, p80) ms of one call. Each timed unit is ``repeat`` calls (one per rotated input set, which a
+    """(median, q1, q3) ms of one call. Each timed unit is ``repeat`` calls (one per rotated input set, which a
     CUDA graph would otherwise freeze to the set it captured). Small calls replay a CUDA graph so that launch gaps
     do not dominate."""
     unit = fn if repeat == 1 else (lambda: [fn() for _ in range(repeat)])
@@ -105,27 +91,16 @@ def _gpu_timer(fn: Callable[[], object], small: bool, repeat: int) -> tuple[floa
     quantiles = None
     if small and hasattr(triton.testing, "do_bench_cudagraph"):
         try:
-            quantiles = triton.testing.do_bench_cudagraph(unit, rep=100, quantiles=[0.5, 0.2, 0.8])
+            quantiles = triton.testing.do_bench_cudagraph(unit, rep=100, quantiles=[0.5, 0.25, 0.75])
         except Exception:  # noqa: BLE001 - ops that cannot be captured fall back to plain events
             torch.cuda.synchronize()
     if quantiles is None:
-        quantiles = triton.testing.do_bench(unit, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+        quantiles = triton.testing.do_bench(unit, warmup=25, rep=100, quantiles=[0.5, 0.25, 0.75])
     return tuple(q / repeat for q in quantiles)
 
 
-def _cpu_timer(fn: Callable[[], object], repeats: int = 7) -> tuple[float, float, float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return statistics.median(times), times[len(times) // 5], times[(4 * len(times)) // 5]
-
-
 def _rotating(make: Callable[[], tuple], nbytes: int, l2_bytes: int) -> Callable[[], tuple]:
-    """Several input sets used in turn, so that together they overflow L2 (METHOD.md: else we time the cache).
+    """Several input sets used in turn, so that together they overflow L2 (else we time the cache).
     ``.copies`` says how many; time that many calls as one unit."""
     copies = max(1, min(8, math.ceil(3 * l2_bytes / max(nbytes, 1))))
     sets = [make() for _ in range(copies)]
@@ -143,56 +118,85 @@ def _rotating(make: Callable[[], tuple], nbytes: int, l2_bytes: int) -> Callable
 
 
 class Run:
-    """Collects rows; ``peaks`` hold the measured ceilings (fp16 / int8 TFLOP/s, copy GB/s) on the GPU."""
+    """Collects rows; ``peaks`` hold the measured ceilings (fp16 / int8 TFLOP/s, copy GB/s) on the GPU.
 
-    def __init__(self, gpu: bool, ops: set[str]):
-        self.gpu, self.ops, self.rows, self.peaks = gpu, ops, [], {}
+    :meth:`add` queues an op of the current shape; :meth:`flush` times the queue: on a GPU each op alone with
+    ``do_bench``, on a CPU all of them together with the harness's interleaved timing, so that a change of machine
+    load (or the first seconds of the process) hits every op of a shape alike instead of the first ones timed.
+    """
+
+    def __init__(self, gpu: bool, ops: set[str], rounds: int):
+        self.gpu, self.ops, self.rounds, self.rows, self.peaks = gpu, ops, rounds, [], {}
         self.device = "cuda" if gpu else "cpu"
         self.l2 = torch.cuda.get_device_properties(0).L2_cache_size if gpu else 0
-
-    def time(self, fn, small: bool = False, repeat: int = 1):
-        return _gpu_timer(fn, small, repeat) if self.gpu else _cpu_timer(fn)
+        self.timing_conditions: list[str] = []  # one line per CPU shape: rounds, warm-up, threads, load
+        self.disturbed: list[str] = []  # CPU shapes whose every timing attempt saw the thread pool waiting
+        self._queue: list[tuple[dict, Callable[[], object], float, float, bool, int]] = []
 
     def add(self, shape: Shape, op: str, fn: Callable[[], object] | None, flops: float, nbytes: float,
             note: str = "", small: bool = False, repeat: int = 1) -> None:  # fmt: skip
         if op not in self.ops:
             return
         row = dict(shape=shape.name, group=shape.group, M=shape.M, N=shape.N, K=shape.K, op=op, ms=None, note=note)
+        self.rows.append(row)
         if fn is None:
             row["note"] = f"not run: {note}"
-            self.rows.append(row)
             return
-        try:
-            ms, lo, hi = self.time(fn, small, repeat)
-        except Exception as err:  # noqa: BLE001 - a baseline that does not run here is a row, not a crash
-            row["note"] = f"{note} did not run: {type(err).__name__}: {str(err).splitlines()[0][:160]}".strip()
-            self.rows.append(row)
+        self._queue.append((row, fn, flops, nbytes, small, repeat))
+
+    def flush(self) -> None:
+        queue, self._queue = self._queue, []
+        runnable = []
+        for row, fn, flops, nbytes, small, repeat in queue:
+            try:
+                if self.gpu:
+                    self._record(row, _gpu_timer(fn, small, repeat), flops, nbytes)
+                else:
+                    fn()  # the first warm-up call, alone: an op that fails here is left out of the timed rounds
+                    runnable.append((row, fn, flops, nbytes))
+            except Exception as err:  # noqa: BLE001 - a baseline that does not run here is a row, not a crash
+                row["note"] = f"{row['note']} did not run: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+                row["note"] = row["note"].strip()
+        if not runnable:
             return
-        row.update(ms=ms, ms_p20=lo, ms_p80=hi, tflops=flops / ms / 1e9 if flops else None, gbps=nbytes / ms / 1e6)
+        run, pool = harness.time_variants_quietly({row["op"]: fn for row, fn, *_ in runnable}, rounds=self.rounds,
+                                                  min_rounds=min(self.rounds, 5))  # fmt: skip
+        shape = runnable[0][0]["shape"]
+        self.timing_conditions.append(f"{shape}: {run.conditions()}; probe GEMM median {pool['probe_ms']} ms "
+                                      f"(attempt {pool['attempts']})")
+        self.disturbed += [] if pool["quiet"] else [shape]
+        for row, _, flops, nbytes in runnable:
+            t = run[row["op"]]
+            self._record(row, (t.median_ms, t.q1_ms, t.q3_ms), flops, nbytes)
+            if not pool["quiet"]:
+                row["note"] = (row["note"] + "; " if row["note"] else "") + "thread pool kept waiting: timing inflated"
+
+    def _record(self, row: dict, times: tuple[float, float, float], flops: float, nbytes: float) -> None:
+        ms, q1, q3 = times
+        row.update(ms=ms, ms_q1=q1, ms_q3=q3, tflops=flops / ms / 1e9 if flops else None, gbps=nbytes / ms / 1e6)
         if self.peaks:
-            compute = self.peaks["int8_tops"] if op in INT8_OPS else self.peaks["fp16_tflops"]
+            compute = self.peaks["int8_tops"] if row["op"] in INT8_OPS else self.peaks["fp16_tflops"]
             floor_ms = max(flops / (compute * 1e9), nbytes / (self.peaks["copy_gbps"] * 1e6))
             row.update(floor_ms=floor_ms, of_floor=floor_ms / ms)
             if flops:
                 row["pct_fp16_peak"] = 100 * row["tflops"] / self.peaks["fp16_tflops"]
-        self.rows.append(row)
 
     def measure_peaks(self) -> None:
-        """The two ceilings of METHOD.md, measured here: a large GEMM and a large device-to-device copy."""
+        """The two ceilings, measured here: a large GEMM and a large device-to-device copy."""
         n = 8192
         a = torch.randn(n, n, device="cuda", dtype=torch.float16)
         b = torch.randn(n, n, device="cuda", dtype=torch.float16)
-        self.peaks["fp16_tflops"] = 2 * n**3 / self.time(lambda: torch.mm(a, b))[0] / 1e9
+        self.peaks["fp16_tflops"] = 2 * n**3 / _gpu_timer(lambda: torch.mm(a, b), False, 1)[0] / 1e9
         a8 = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
         b8 = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
         try:
-            self.peaks["int8_tops"] = 2 * n**3 / self.time(lambda: torch._int_mm(a8, b8))[0] / 1e9
+            self.peaks["int8_tops"] = 2 * n**3 / _gpu_timer(lambda: torch._int_mm(a8, b8), False, 1)[0] / 1e9
         except RuntimeError:
             self.peaks["int8_tops"] = 2 * self.peaks["fp16_tflops"]  # H100 datasheet ratio, noted in the report
             self.peaks["int8_tops_note"] = "torch._int_mm failed; assumed 2x fp16"
         src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
         dst = torch.empty_like(src)
-        self.peaks["copy_gbps"] = 2 * src.numel() / self.time(lambda: dst.copy_(src))[0] / 1e6
+        self.peaks["copy_gbps"] = 2 * src.numel() / _gpu_timer(lambda: dst.copy_(src), False, 1)[0] / 1e6
         torch.cuda.empty_cache()  # the locals above go with this frame
 
 
@@ -420,20 +424,32 @@ NO_GPU_NOTE = (
 )
 
 
-def write_results(out_dir: Path, env: dict, peaks: dict, rows: list[dict], targets: list[dict], args) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if not env["gpu"] else env["device"].lower().replace("nvidia", "").strip().split()[0]
-    stem = out_dir / f"kernels-{tag}"
-    payload = dict(environment=env, peaks=peaks, quick=args.quick, ops=sorted(args.ops), targets=targets, rows=rows,
-                   shapes=[asdict(s) for s in SHAPES], note=None if env["gpu"] else NO_GPU_NOTE)  # fmt: skip
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+def device_tag(meta: dict) -> str:
+    return "cpu" if not meta["gpu"] else meta["device"].lower().replace("nvidia", "").strip().split()[0]
 
-    lines = [f"# Kernel microbenchmarks — {env['device']}", ""]
-    if not env["gpu"]:
+
+def write_kernel_results(out_dir: str | Path, meta: dict, run: Run, targets: list[dict], args) -> list[Path]:
+    stem = f"kernels-{device_tag(meta)}"
+    payload = dict(meta=meta, peaks=run.peaks, quick=args.quick, ops=sorted(args.ops), targets=targets,
+                   timing=run.timing_conditions, rows=run.rows, shapes=[asdict(s) for s in SHAPES],
+                   note=None if meta["gpu"] else NO_GPU_NOTE)  # fmt: skip
+    lines = [f"# Kernel microbenchmarks — {meta['device']}", ""]
+    if not meta["gpu"]:
         lines += [NO_GPU_NOTE, ""]
-    commit = (env.get("commit") or "unknown")[:12] + (" (dirty tree)" if env.get("dirty") else "")
-    lines += [f"torch {env['torch']}, triton {env['triton']}, commit {commit}, {env['date']}"
-              + (", --quick" if args.quick else ""), ""]  # fmt: skip
+    lines += [*harness.meta_lines(meta), ""]
+    if meta["gpu"]:
+        lines += [f"- CUDA {meta['cuda']}, {meta['sms']} SMs, {meta['memory_gib']} GiB, L2 {meta['l2_mib']} MiB; "
+                  "each row: median of triton.testing.do_bench, IQR from its 25th-75th percentiles", ""]
+    else:
+        lines += ["- each shape's ops timed together, interleaved (bench.harness.time_variants): "
+                  f"{run.timing_conditions[0].split(': ', 1)[1] if run.timing_conditions else '-'} "
+                  "(first shape; every shape's conditions are in the JSON). A probe GEMM runs in the same rounds: "
+                  "when its median exceeds 1 ms the thread pool kept the ops waiting for scheduler ticks (a loaded "
+                  "machine), and the shape is timed again once the pool answers promptly (at most 3 attempts)",
+                  "- shapes whose every attempt was disturbed (their rows say so): "
+                  f"{', '.join(run.disturbed) or 'none'}",
+                  ""]
+    peaks = run.peaks
     if peaks:
         lines += [
             f"Measured peaks: fp16 GEMM {peaks['fp16_tflops']:.0f} TFLOP/s, int8 GEMM {peaks['int8_tops']:.0f} TOP/s, "
@@ -446,30 +462,29 @@ def write_results(out_dir: Path, env: dict, peaks: dict, rows: list[dict], targe
         status = "—" if t["met"] is None else ("met" if t["met"] else "**missed**")
         lines.append(f"| {t['target']} | {t['threshold']}x | {_fmt(t['measured'])}{'x' if t['measured'] else ''} "
                      f"| {status}: {t['note']} |")  # fmt: skip
-    lines += ["", "## Rows", "",
-              "| shape | M | N | K | op | ms (median) | TFLOP/s | GB/s | vs fp16 | % fp16 peak | of floor | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        lines.append(
-            f"| {r['shape']} | {r['M']} | {r['N']} | {r['K']} | {r['op']} | {_fmt(r['ms'])} | {_fmt(r.get('tflops'))} "
-            f"| {_fmt(r.get('gbps'))} | {_fmt(r.get('speedup_vs_fp16'))} | {_fmt(r.get('pct_fp16_peak'))} "
-            f"| {_fmt(r.get('of_floor'))} | {r['note']} |"
-        )
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    _plot(stem.with_suffix(".png"), env, rows)
-    return stem
+    lines += ["", "## Rows", ""]
+    lines += harness.md_table(
+        ["shape", "M", "N", "K", "op", "ms median (IQR)", "TFLOP/s", "GB/s", "vs fp16", "% fp16 peak", "of floor",
+         "note"],
+        [[r["shape"], r["M"], r["N"], r["K"], r["op"], _ms_label(r), _fmt(r.get("tflops")), _fmt(r.get("gbps")),
+          _fmt(r.get("speedup_vs_fp16")), _fmt(r.get("pct_fp16_peak")), _fmt(r.get("of_floor")), r["note"]]
+         for r in run.rows])
+    files = harness.write_results(out_dir, stem, payload, lines)
+    files.append(_plot(out_dir, stem, meta, run.rows))
+    return files
 
 
-def _plot(path: Path, env: dict, rows: list[dict]) -> None:
-    import matplotlib
+def _ms_label(row: dict) -> str:
+    if row["ms"] is None:
+        return "—"
+    return f"{_fmt(row['ms'])} ({_fmt(row['ms_q1'])}-{_fmt(row['ms_q3'])})"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _plot(out_dir: str | Path, stem: str, meta: dict, rows: list[dict]) -> Path:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     ops = [op for op in OPS if any(r["op"] == op and r["ms"] for r in rows)]
-    gpu = env["gpu"]
-    fig, ax = plt.subplots(figsize=(min(22, max(10, 0.7 * len(shapes))), 6.5))
+    gpu = meta["gpu"]
+    fig, ax = harness.figure(figsize=(min(22, max(10, 0.7 * len(shapes))), 6.5))
     width = 0.8 / max(1, len(ops))
     for i, op in enumerate(ops):
         values = []
@@ -485,23 +500,20 @@ def _plot(path: Path, env: dict, rows: list[dict]) -> None:
     else:
         ax.set_yscale("log")
         ax.set_ylabel("ms (median), torch reference on CPU, tiny shapes")
-    title = f"slimgraph kernels — {env['device']}, torch {env['torch']}, triton {env['triton']}"
+    title = f"slimgraph kernels — {meta['device']}, torch {meta['torch']}, triton {meta['triton']}"
     if not gpu:
         title += "\nNO GPU FOUND: CPU reference paths only, not kernel speed"
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return harness.save_figure(fig, out_dir, stem)
 
 
 # ------------------------------------------------------------------------------------------------------- main
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="the shapes marked quick in bench/shapes.py only")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default: bench/results)")
+    p = harness.script_parser(__doc__, SUITE, quick="the shapes marked quick in bench/shapes.py only",
+                              rounds=30)
     p.add_argument("--ops", default="", help=f"comma-separated op names to run (default all): {', '.join(OPS)}")
     args = p.parse_args(argv)
     wanted = {o.strip() for o in args.ops.split(",") if o.strip()}
@@ -515,14 +527,14 @@ def _parse(argv):
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    start = time.perf_counter()
     gpu = torch.cuda.is_available()
-    env = environment(gpu)
-    run = Run(gpu, args.ops)
+    meta = harness.run_metadata("bench.kernels", argv, **gpu_details(gpu))
+    run = Run(gpu, args.ops, args.rounds)
+    torch.manual_seed(0)
     if gpu:
-        torch.manual_seed(0)
         run.measure_peaks()
     else:
-        torch.manual_seed(0)
         print(NO_GPU_NOTE.replace("**", ""))
     # Without a GPU every shape is a tiny stand-in anyway; the full table of stand-ins still takes seconds.
     shapes = [s for s in SHAPES if s.quick or not args.quick]
@@ -535,17 +547,19 @@ def main(argv=None) -> int:
             bench_gemm(run, shape)
             if shape.group in ("bert", "decode") or shape.name == "llama7b.attn_qkvo":
                 bench_quantize(run, shape)
+        run.flush()
         print(f"{shape.name:22s} M={shape.M:<6d} N={shape.N:<6d} K={shape.K:<6d} {time.perf_counter() - started:6.1f}s",
               flush=True)  # fmt: skip
         if gpu:
             torch.cuda.empty_cache()
     _speedups(run.rows)
     targets = evaluate_targets(run.rows, gpu)
-    stem = write_results(args.out, env, run.peaks, run.rows, targets, args)
+    harness.finish_metadata(meta, start)
+    files = write_kernel_results(args.out, meta, run, targets, args)
     print()
     for t in targets:
         print(f"[{'—' if t['met'] is None else 'met' if t['met'] else 'MISSED'}] {t['target']}: {_fmt(t['measured'])}")
-    print(f"\nwrote {stem}.json, {stem}.md, {stem}.png")
+    print("\nwrote " + ", ".join(map(str, files)))
     return 0
 
 
