@@ -1,14 +1,20 @@
-"""Per-layer tables and model totals, for ``slimgraph inspect`` and the compression reports."""
+"""Per-layer tables and model totals, for ``slimgraph inspect`` and the compression reports.
+
+The one table formatter (:func:`format_table`) and what the per-pass reports share: :class:`PassReport` (summary
+line, layer table, notes, JSON form), :func:`last_pass_report` (the newest report of a kind in a graph's pass
+history) and :class:`LeftOut` / :func:`coverage_summary` (the "honest coverage" line of quant and prune).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.fx as fx
 
 from .ir.graph_utils import get_attr_tensor, op_name
-from .ir.info import node_info
+from .ir.info import graph_info, node_info
 
 
 @dataclass(frozen=True)
@@ -102,3 +108,65 @@ def inspect_table(gm: fx.GraphModule, *, all_nodes: bool = False, limit: int | N
     more = f"\n... {len(rows) - len(shown)} more rows (use --all-rows)" if len(shown) < len(rows) else ""
     return (f"{body}{more}\n\ntotal: {human(t.params)} params ({human(t.bytes, 'B')}), {human(t.macs)} MACs, "
             f"{t.gemm_nodes} GEMM/conv nodes, {t.nodes} graph nodes")
+
+
+# ----------------------------------------------------------------------------------------- per-pass reports
+
+
+class PassReport:
+    """Base of the per-pass report dataclasses (quant, sparsify, share-weights): ``str(report)`` is the table.
+
+    A subclass is a dataclass with ``layers`` (each with ``row() -> list of cells``) and ``notes`` fields, a
+    ``summary()`` and the class attributes ``headers`` and ``align_right`` (column indices right-aligned).
+    """
+
+    headers: tuple[str, ...] = ()
+    align_right: frozenset[int] = frozenset()
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def extra_lines(self) -> list[str]:
+        """Lines printed after the notes (a subclass's own detail)."""
+        return []
+
+    def table(self) -> str:
+        body = format_table(list(self.headers), [list(layer.row()) for layer in self.layers],  # type: ignore[attr-defined]
+                            align_right=set(self.align_right))
+        notes = [f"note: {n}" for n in self.notes]  # type: ignore[attr-defined]
+        return "\n".join([self.summary(), body, *notes, *self.extra_lines()])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def as_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+R = TypeVar("R")
+
+
+def last_pass_report(gm: fx.GraphModule, kind: type[R], key: str = "report") -> R | None:
+    """The newest report of type ``kind`` that a pass left in ``gm``'s history under ``stats[key]``, or None."""
+    for record in reversed(graph_info(gm).history):
+        report = getattr(record, "stats", {}).get(key)
+        if isinstance(report, kind):
+            return report
+    return None
+
+
+class LeftOut(NamedTuple):
+    """A GEMM weight a compression did not reach."""
+
+    name: str  # the constant's attribute path
+    numel: int
+    reason: str
+
+
+def coverage_summary(fraction: float, reached: int, total: int, where: str, left_out: list[LeftOut],
+                     left_as: str, limit: int = 3) -> str:
+    """``"93.1% of GEMM weight parameters in int8 (931 of 1,000); biggest left in float: fc (69): why"``."""
+    head = f"{100 * fraction:.1f}% of GEMM weight parameters {where} ({reached:,} of {total:,})"
+    if left_out:
+        head += f"; biggest {left_as}: " + "; ".join(f"{x.name} ({x.numel:,}): {x.reason}" for x in left_out[:limit])
+    return head

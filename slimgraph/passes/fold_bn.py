@@ -202,9 +202,16 @@ def _store_weights(gm: fx.GraphModule, fold: _Fold, new_w: torch.Tensor, new_b: 
     bias_arg = arg(layer, 2, "bias")
     if bias_arg is not None:
         set_attr_tensor(gm, bias_arg.target, new_b.to(dtype))
-        return
-    owner = layer.args[1].target.rpartition(".")[0] or layer.name
-    target = add_constant(gm, new_b.to(dtype), f"{owner}.bias", parameter=True)
+    else:
+        attach_bias(gm, layer, new_b.to(dtype))
+
+
+def attach_bias(gm: fx.GraphModule, layer: fx.Node, bias: torch.Tensor) -> None:
+    """Give a bias-less linear/conv node ``bias`` as a new parameter beside its weight (``<owner>.bias``, so reports
+    and saved files name it like the model would), passed as the node's third argument."""
+    weight = layer.args[1]
+    owner = weight.target.rpartition(".")[0] if isinstance(weight, fx.Node) and weight.op == "get_attr" else ""
+    target = add_constant(gm, bias, f"{owner or layer.name}.bias", parameter=True)
     with gm.graph.inserting_before(layer):
         attr = gm.graph.get_attr(target)
     args = list(layer.args) + [None] * max(0, 3 - len(layer.args))

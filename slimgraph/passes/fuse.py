@@ -19,7 +19,6 @@ from typing import ClassVar
 import torch
 import torch.fx as fx
 
-from ..ir.graph_utils import add_constant
 from ..ir.match import (
     CONVS,
     LINEARS,
@@ -34,9 +33,10 @@ from ..ir.match import (
     value_of,
 )
 from ..ir.propagate import copy_provenance, invalidate
-from ..kernels import epilogue  # noqa: F401 - registers torch.ops.slimgraph.linear_act / conv_act
+from ..ops import epilogue  # noqa: F401 - registers torch.ops.slimgraph.linear_act / conv_act
 from .base import Pass, PassResult, register_pass
 from .dce import tidy
+from .fold_bn import attach_bias
 
 aten = torch.ops.aten
 
@@ -93,15 +93,7 @@ def _bias_add(gm: fx.GraphModule, producer: fx.Node) -> tuple[fx.Node, torch.Ten
 
 def _fold_bias_add(gm: fx.GraphModule, node: fx.Node, found: tuple[fx.Node, torch.Tensor]) -> None:
     add, bias = found
-    weight = node.args[1]
-    base = weight.target.rpartition(".")[0] if weight.op == "get_attr" else ""
-    target = add_constant(gm, bias.clone(), f"{base or node.name}.bias", parameter=True)
-    with gm.graph.inserting_before(node):
-        attr = gm.graph.get_attr(target)
-    args = list(node.args) + [None] * max(0, 3 - len(node.args))
-    args[2] = attr
-    node.args = tuple(args)
-    node.kwargs = {k: v for k, v in node.kwargs.items() if k != "bias"}
+    attach_bias(gm, node, bias.clone())
     add.replace_all_uses_with(node)
     gm.graph.erase_node(add)
     invalidate(node)

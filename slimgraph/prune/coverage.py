@@ -14,6 +14,7 @@ import numpy as np
 import torch.fx as fx
 
 from ..ir.graph_utils import gemm_weight_consumer, get_attr_tensor
+from ..report import LeftOut, coverage_summary
 from .analysis import Analysis, Group
 
 
@@ -21,18 +22,15 @@ from .analysis import Analysis, Group
 class PruneCoverage:
     covered_params: int = 0
     total_params: int = 0
-    left_out: list[tuple[str, int, str]] = field(default_factory=list)  # (weight, params, why), biggest first
+    left_out: list[LeftOut] = field(default_factory=list)  # biggest first
 
     @property
     def fraction(self) -> float:
         return self.covered_params / self.total_params if self.total_params else 1.0
 
     def summary(self, limit: int = 3) -> str:
-        head = (f"{100 * self.fraction:.1f}% of GEMM weight parameters in a prunable group "
-                f"({self.covered_params:,} of {self.total_params:,})")
-        if self.left_out:
-            head += "; biggest left out: " + "; ".join(f"{n} ({p:,}): {why}" for n, p, why in self.left_out[:limit])
-        return head
+        return coverage_summary(self.fraction, self.covered_params, self.total_params, "in a prunable group",
+                                self.left_out, "left out", limit)
 
 
 def prune_coverage(a: Analysis, candidates: list[Group]) -> PruneCoverage:
@@ -70,6 +68,6 @@ def prune_coverage(a: Analysis, candidates: list[Group]) -> PruneCoverage:
             why = reasons[0]
         else:
             why = "its groups hold a single unit or were ignored"
-        cov.left_out.append((str(node.target), t.numel(), why))
-    cov.left_out.sort(key=lambda x: -x[1])
+        cov.left_out.append(LeftOut(str(node.target), t.numel(), why))
+    cov.left_out.sort(key=lambda x: -x.numel)
     return cov

@@ -15,16 +15,10 @@ import torch
 import torch.fx as fx
 
 from ..ir.graph_utils import gemm_weight_consumer, get_attr_tensor, op_name
+from ..report import LeftOut, coverage_summary
 
 aten = torch.ops.aten
 sgops = torch.ops.slimgraph
-
-@dataclass
-class LeftOut:
-    name: str  # the constant's attribute path
-    numel: int
-    reason: str
-
 
 @dataclass
 class Coverage:
@@ -38,12 +32,8 @@ class Coverage:
         return self.int8_params / total if total else 1.0
 
     def summary(self, limit: int = 3) -> str:
-        head = (f"{100 * self.fraction:.1f}% of GEMM weight parameters in int8 "
-                f"({self.int8_params:,} of {self.int8_params + self.float_params:,})")
-        if self.left_out:
-            head += "; biggest left in float: " + "; ".join(f"{x.name} ({x.numel:,}): {x.reason}"
-                                                             for x in self.left_out[:limit])
-        return head
+        return coverage_summary(self.fraction, self.int8_params, self.int8_params + self.float_params, "in int8",
+                                self.left_out, "left in float", limit)
 
 
 def _int8_gemm_ops() -> set:

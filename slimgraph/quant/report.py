@@ -8,11 +8,11 @@ is quantized, and whether it was kept in int8 or left in float and why.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from ..ir.info import graph_info
+from ..report import PassReport, last_pass_report
 from .coverage import Coverage
 
 REPORT_KEY = "report"  # PassRecord.stats key of the quant pass holding its QuantReport
@@ -44,7 +44,9 @@ class LayerReport:
 
 
 @dataclass
-class QuantReport:
+class QuantReport(PassReport):
+    headers = ("layer", "op", "scheme", "weight scales", "act scale", "SQNR dB", "kept")
+
     scheme: str
     observer: str
     layers: list[LayerReport] = field(default_factory=list)
@@ -81,26 +83,7 @@ class QuantReport:
                      f"min cosine {self.output_cosine:.5f}")
         return head
 
-    def table(self) -> str:
-        header = ("layer", "op", "scheme", "weight scales", "act scale", "SQNR dB", "kept")
-        rows = [header] + [layer.row() for layer in self.layers]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        lines = [self.summary()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def last_report(gm: fx.GraphModule) -> QuantReport | None:
     """The report of the most recent quant pass run on ``gm`` (None if it was never quantized)."""
-    for record in reversed(graph_info(gm).history):
-        report = getattr(record, "stats", {}).get(REPORT_KEY)
-        if isinstance(report, QuantReport):
-            return report
-    return None
+    return last_pass_report(gm, QuantReport, REPORT_KEY)

@@ -6,12 +6,11 @@ model's output error against the input model and the centroid fine-tuning that f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from ..ir.info import graph_info
-from ..report import format_table
+from ..report import PassReport, last_pass_report
 
 REPORT_KEY = "report"  # PassRecord.stats key of the share-weights pass holding its ShareReport
 
@@ -42,7 +41,10 @@ class LayerShare:
 
 
 @dataclass
-class ShareReport:
+class ShareReport(PassReport):
+    headers = ("layer", "shape", "bits", "centroids used", "zeros", "code entropy", "rel error", "note")
+    align_right = frozenset({2, 3, 4, 5, 6})
+
     bits: float
     conv_bits: float
     quantizer: str = "kmeans"
@@ -81,23 +83,10 @@ class ShareReport:
                      f"{self.output_cosine_before_finetune:.6f})")
         return text
 
-    def table(self) -> str:
-        headers = ["layer", "shape", "bits", "centroids used", "zeros", "code entropy", "rel error", "note"]
-        body = format_table(headers, [layer.row() for layer in self.layers], align_right={2, 3, 4, 5, 6})
-        extra = [str(self.allocation)] if self.allocation is not None else []
-        return "\n".join([self.summary(), body, *(f"note: {n}" for n in self.notes), *extra])
-
-    def __str__(self) -> str:
-        return self.table()
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def extra_lines(self) -> list[str]:
+        return [str(self.allocation)] if self.allocation is not None else []
 
 
 def last_report(gm: fx.GraphModule) -> ShareReport | None:
     """The report of the most recent share-weights pass run on ``gm`` (None if its weights were never shared)."""
-    for record in reversed(graph_info(gm).history):
-        report = getattr(record, "stats", {}).get(REPORT_KEY)
-        if isinstance(report, ShareReport):
-            return report
-    return None
+    return last_pass_report(gm, ShareReport, REPORT_KEY)

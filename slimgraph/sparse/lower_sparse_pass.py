@@ -54,8 +54,7 @@ class LowerSparse(Pass):
         for layer in layers:
             w = get_attr_tensor(gm, layer.nodes[0].args[1])
             pattern = parse_pattern(recorded[layer.weight])
-            rows[layer.weight] = LayerSparsity(layer.name, layer.weight, layer.kind, tuple(w.shape), str(pattern),
-                                               round(zero_fraction(w, pattern) * w.numel()), w.numel())
+            rows[layer.weight] = LayerSparsity.of(layer, w, str(pattern), round(zero_fraction(w, pattern) * w.numel()))
         if not layers:
             report.notes.append("no weight recorded in graph_info.sparsity: run sparsify first; the graph is unchanged")
             return PassResult(gm, False, {"lowered": 0, REPORT_KEY: report}, list(report.notes))

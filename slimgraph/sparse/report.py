@@ -6,12 +6,12 @@ elements) and how it runs: lowered to a sparse op (which, and the measured times
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+import torch
 import torch.fx as fx
 
-from ..ir.info import graph_info
-from ..report import format_table
+from ..report import PassReport, last_pass_report
 
 REPORT_KEY = "report"  # PassRecord.stats key of the sparsify pass holding its SparsityReport
 
@@ -29,6 +29,13 @@ class LayerSparsity:
     reason: str = ""  # why it stayed dense, or why it was not sparsified at all
     times_ms: dict[str, float] = field(default_factory=dict)  # measured candidates: "dense", "csr", ...
 
+    @classmethod
+    def of(cls, layer, w: torch.Tensor, pattern: str, zeros: int | None = None, reason: str = "") -> LayerSparsity:
+        """The row of ``layer`` (a :class:`slimgraph.sparse.layers.Layer`) whose weight is now ``w``; ``zeros``
+        defaults to the exact count of zeros in ``w``."""
+        zeros = int((w == 0).sum()) if zeros is None else zeros
+        return cls(layer.name, layer.weight, layer.kind, tuple(w.shape), pattern, zeros, w.numel(), reason=reason)
+
     @property
     def sparsity(self) -> float:
         return self.zeros / self.numel if self.numel else 0.0
@@ -45,7 +52,10 @@ class LayerSparsity:
 
 
 @dataclass
-class SparsityReport:
+class SparsityReport(PassReport):
+    headers = ("layer", "shape", "pattern", "sparsity", "zeros", "runs as")
+    align_right = frozenset({3, 4})
+
     target: float  # requested sparsity
     pattern: str
     scope: str
@@ -73,22 +83,7 @@ class SparsityReport:
                 f"{len(self.layers)} GEMM weights at {self.sparsity:.2%} overall (target {self.target:.2%}); "
                 f"{len(self.lowered)} lowered to sparse ops (lower={self.lower})")
 
-    def table(self) -> str:
-        headers = ["layer", "shape", "pattern", "sparsity", "zeros", "runs as"]
-        body = format_table(headers, [layer.row() for layer in self.layers], align_right={3, 4})
-        return "\n".join([self.summary(), body, *(f"note: {n}" for n in self.notes)])
-
-    def __str__(self) -> str:
-        return self.table()
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def last_report(gm: fx.GraphModule) -> SparsityReport | None:
     """The report of the most recent sparsify pass run on ``gm`` (None if it was never sparsified)."""
-    for record in reversed(graph_info(gm).history):
-        report = getattr(record, "stats", {}).get(REPORT_KEY)
-        if isinstance(report, SparsityReport):
-            return report
-    return None
+    return last_pass_report(gm, SparsityReport, REPORT_KEY)

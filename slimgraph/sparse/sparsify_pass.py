@@ -107,8 +107,7 @@ class Sparsify(Pass):
         rows: dict[str, LayerSparsity] = {}
         for layer in ignored:
             w = get_attr_tensor(gm, layer.nodes[0].args[1])
-            rows[layer.weight] = LayerSparsity(layer.name, layer.weight, layer.kind, tuple(w.shape), "-",
-                                               int((w == 0).sum()), w.numel(), reason="ignored")
+            rows[layer.weight] = LayerSparsity.of(layer, w, "-", reason="ignored")
         if not kept:
             report.layers = list(rows.values())
             report.notes.append("nothing to sparsify: no linear/conv weight (or all of them ignored); "
@@ -127,8 +126,7 @@ class Sparsify(Pass):
                            min_sparsity=planned)
             set_attr_tensor(gm, layer.weight, sparse_w)  # a new tensor: the input graph's weight is not written
             info.sparsity[layer.weight] = str(pattern)
-            rows[layer.weight] = LayerSparsity(layer.name, layer.weight, layer.kind, tuple(w.shape), str(pattern),
-                                               int((sparse_w == 0).sum()), sparse_w.numel())
+            rows[layer.weight] = LayerSparsity.of(layer, sparse_w, str(pattern))
         lowered = lower_layers(gm, kept, rows, pattern, self.lower)
         report.layers = [rows[layer.weight] for layer in layers]
         stats = {"sparsified": len(kept), "sparsity": round(report.sparsity, 6), "lowered": lowered,
