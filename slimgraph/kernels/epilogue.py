@@ -24,27 +24,23 @@ ACTIVATIONS = ("none", "relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", 
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 
+_TORCH_ACTIVATIONS = {
+    "none": lambda y: y,
+    "relu": torch.relu,
+    "relu6": lambda y: torch.clamp(y, 0.0, 6.0),
+    "gelu": F.gelu,
+    "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+    "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "hardswish": F.hardswish,
+}
+assert tuple(_TORCH_ACTIVATIONS) == ACTIVATIONS, "every activation needs its torch reference"
+
+
 def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
     """Reference activation epilogue; ``act`` is one of :data:`ACTIVATIONS` (None means "none")."""
-    if act is None or act == "none":
-        return y
-    if act == "relu":
-        return torch.relu(y)
-    if act == "relu6":
-        return torch.clamp(y, 0.0, 6.0)
-    if act == "gelu":
-        return F.gelu(y)
-    if act == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
-    if act == "silu":
-        return F.silu(y)
-    if act == "sigmoid":
-        return torch.sigmoid(y)
-    if act == "tanh":
-        return torch.tanh(y)
-    if act == "hardswish":
-        return F.hardswish(y)
-    raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return _TORCH_ACTIVATIONS[check_activation(act)](y)
 
 
 def check_activation(act: str | None) -> str:
