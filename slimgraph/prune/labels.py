@@ -90,24 +90,20 @@ class UnionFind:
         for other in ids[1:]:
             self.union(int(ids[0]), int(other))
 
+    def roots(self, ids: np.ndarray) -> list[int]:
+        """The distinct classes of the labelled ids (FIXED ones left out)."""
+        return [int(r) for r in np.unique(self.find_all(np.asarray(ids).ravel())) if r >= 0]
+
     def block(self, ids: np.ndarray, reason: str) -> None:
-        for root in np.unique(self.find_all(np.asarray(ids).ravel())):
-            if root >= 0:
-                reasons = self.blocked.setdefault(int(root), [])
-                if reason not in reasons:
-                    reasons.append(reason)
+        for root in self.roots(ids):
+            _add_reason(self.blocked, root, reason)
 
     def mark_approximate(self, ids: np.ndarray, reason: str) -> None:
-        for root in np.unique(self.find_all(np.asarray(ids).ravel())):
-            if root >= 0:
-                reasons = self.approximate.setdefault(int(root), [])
-                if reason not in reasons:
-                    reasons.append(reason)
+        for root in self.roots(ids):
+            _add_reason(self.approximate, root, reason)
 
     def mark_heads(self, ids: np.ndarray) -> None:
-        for root in np.unique(self.find_all(np.asarray(ids).ravel())):
-            if root >= 0:
-                self.heads.add(int(root))
+        self.heads.update(self.roots(ids))
 
     def is_blocked(self, root: int) -> bool:
         return self.find(root) in self.blocked
@@ -153,3 +149,9 @@ def source_labels(ids: np.ndarray, ndim: int, dim: int) -> Labels:
     tracked = [False] * ndim
     tracked[dim] = True
     return Labels(ids.reshape(shape), tuple(tracked))
+
+
+def _add_reason(reasons_of: dict[int, list[str]], root: int, reason: str) -> None:
+    reasons = reasons_of.setdefault(root, [])
+    if reason not in reasons:
+        reasons.append(reason)
