@@ -1,6 +1,7 @@
 """Ahead-of-time compile check: every slimgraph kernel x config for Hopper (sm_90a) and Ampere (sm_80), on a CPU.
 
     python -m bench.aot [--fast] [--arch 90,80] [--only int8_matmul,w8a16_matmul] [--jobs 2] [--out bench/results]
+    (default: a scratch directory)
 
 No GPU is needed: Triton's front end, LLVM and the ptxas bundled in the triton wheel produce PTX and a cubin for a
 ``GPUTarget("cuda", 90, 32)`` (Triton compiles capability 90 as ``sm_90a``, the arch with wgmma and TMA) or 80.
@@ -19,20 +20,17 @@ offset wraps once M*K or M*N reaches 2**31).
 
 Exit status 1 when any compile fails, any selectable config spills or overflows shared memory on any target, or
 any i32 offset multiply remains. ``--fast`` compiles the default config of each kernel for sm_90a only (CI).
-Results: ``<out>/aot-sm90a-sm80.{json,md}`` (``--fast``: ``aot-fast.{json,md}``) with the triton and torch
-versions and the commit.
+Results: ``<out>/aot-sm90a-sm80.{json,md}`` (``--fast``: ``aot-fast.{json,md}``) with the harness's run metadata
+(command, commit, triton and torch versions; JSON key ``environment``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
 import re
 import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -40,7 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results"
+SUITE = "aot"
 KERNELS = ("int8_matmul", "w8a16_matmul", "block_sparse", "int8_conv", "quantize")
 
 
@@ -433,31 +431,22 @@ def compile_all(jobs: list[Job], workers: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- report
 
 
-def environment() -> dict:
-    import platform
-
-    import torch
-    import triton
-
-    sys.path.insert(0, str(ROOT))
-    from bench.run_meta import git_state
-
-    commit, dirty = git_state()
-    # Others may have uncommitted work elsewhere in the tree: what matters here is the compiled code and this script.
+def kernels_dirty() -> bool:
+    """Uncommitted changes to what is compiled here (others may have uncommitted work elsewhere in the tree)."""
     status = subprocess.run(["git", "status", "--porcelain", "--", "slimgraph/kernels", "bench/aot.py"], cwd=ROOT,
                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    return dict(triton=triton.__version__, torch=torch.__version__, python=platform.python_version(), commit=commit,
-                dirty=dirty, kernels_dirty=bool(status), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                host="CPU only (no GPU): ahead-of-time")
+    return bool(status)
 
 
-def render(rows: list[dict], env: dict, command: str) -> str:
+def render(rows: list[dict], meta: dict) -> list[str]:
+    from bench.harness import meta_lines
+
     lines = [
         "# Ahead-of-time compile check (sm_90a / sm_80)",
         "",
-        f"`{command}` — triton {env['triton']}, torch {env['torch']}, commit {env['commit']}"
-        + (" (+ uncommitted changes to slimgraph/kernels or bench/aot.py)" if env["kernels_dirty"] else
-           " (slimgraph/kernels and bench/aot.py as committed)") + f", {env['date']}, {env['host']}.",
+        *meta_lines(meta),
+        "- compiled code: " + ("uncommitted changes to slimgraph/kernels or bench/aot.py" if meta["kernels_dirty"]
+                               else "slimgraph/kernels and bench/aot.py as committed") + f"; {meta['host']}",
         "",
         "Every config is selectable (autotuning may pick it); `default` marks the bucket's first config (used with "
         "SLIMGRAPH_AUTOTUNE=0). `in flight` = a `wgmma.wait_group` with depth > 0 (MMAs overlap the next K step). "
@@ -486,16 +475,17 @@ def render(rows: list[dict], env: dict, command: str) -> str:
                 f"| {'FAIL: ' + '; '.join(issues) if issues else 'ok'} |"
             )
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.aot", description=__doc__.split("\n")[0])
+    from bench import harness
+
+    p = harness.script_parser(__doc__, SUITE)
     p.add_argument("--fast", action="store_true", help="default config of each kernel, sm_90a only (CI)")
     p.add_argument("--arch", default="90,80", help="compute capabilities to compile for (default 90,80)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(KERNELS)}")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compiler processes")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/results)")
     a = p.parse_args(argv)
     archs = [int(x) for x in a.arch.split(",") if x.strip()]
     unknown = [x for x in archs if x not in ARCHS]
@@ -506,23 +496,21 @@ def main(argv=None) -> int:
     # The GPU code path, not the interpreter; default FP fusion as on a GPU (and no warning about it).
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    started = time.perf_counter()
+    meta = harness.run_metadata("bench.aot", argv, kernels_dirty=kernels_dirty(),
+                                host="CPU only (no GPU): ahead-of-time")  # fmt: skip
     selected = [c for c in cases() if (not only or c.kernel in only) and (c.fast or not a.fast)]
     jobs = [j for j in record_jobs(selected, a.fast) if j.arch in archs]
     print(f"{len(jobs)} compiles ({len(selected)} cases), {a.jobs} processes", flush=True)
-    started = time.perf_counter()
     rows = compile_all(jobs, a.jobs)
-    elapsed = time.perf_counter() - started
-    env = environment()
-    command = "python -m bench.aot " + " ".join(argv if argv is not None else sys.argv[1:])
-    env.update(command=command.strip(), seconds=round(elapsed, 1))
+    harness.finish_metadata(meta, started)
     failing = [(r, problems(r)) for r in rows if problems(r)]
-    stem = a.out / ("aot-fast" if a.fast else "aot-" + "-".join(ARCHS[x].label.replace("_", "") for x in archs))
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(dict(environment=env, rows=rows), indent=1) + "\n")
-    stem.with_suffix(".md").write_text(render(rows, env, env["command"]))
+    stem = "aot-fast" if a.fast else "aot-" + "-".join(ARCHS[x].label.replace("_", "") for x in archs)
+    files = harness.write_results(a.out, stem, {"environment": meta, "rows": rows}, render(rows, meta))
     for r, issues in failing:
         print(f"FAIL {r['kernel']} | {r['case']} | {r['config']} | {r['arch']}: {'; '.join(issues)}")
-    print(f"{len(rows) - len(failing)}/{len(rows)} compiles pass the check in {elapsed:.0f}s; wrote {stem}.md/.json")
+    print(f"{len(rows) - len(failing)}/{len(rows)} compiles pass the check in {meta['wall_s']:.0f}s; wrote "
+          + ", ".join(map(str, files)))
     return 1 if failing else 0
 
 

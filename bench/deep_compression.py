@@ -2,6 +2,7 @@
 centroids -> entropy-coded archive, on the paper's LeNets (sklearn digits) and on all-MiniLM-L6-v2.
 
     python -m bench.deep_compression [--out bench/results] [--models lenet300,lenet5,minilm] [--quick]
+    (default: a scratch directory)
 
 Digits: scikit-learn's bundled 8x8 digits upsampled (bilinear) to 28x28 like MNIST, 80/20 train/held-out
 split (``slimgraph.demos.digits.digits_data``). Models: LeNet-300-100 (784-300-100-10) and Caffe's LeNet-5
@@ -26,7 +27,6 @@ configuration with a short centroid fine-tuning by cosine distillation on the tr
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -38,7 +38,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import slimgraph as sg
-from bench.prune_common import load, md_table, meta_lines, run_meta, save_figure, target_line, write_results
+from bench.harness import (
+    figure,
+    finish_metadata,
+    md_table,
+    meta_lines,
+    run_metadata,
+    save_figure,
+    script_parser,
+    target_line,
+    write_results,
+)
 from bench.prune_digits import labelled_batches
 from slimgraph.demos.digits import accuracy, digits_data, train
 from slimgraph.share import last_report
@@ -292,13 +302,8 @@ def markdown(meta: dict, lenets: list[dict], minilm: dict | None, earlier: list[
 
 
 def plot(lenets: list[dict], minilm: dict | None, out: str, stem: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = len(lenets) + (1 if minilm else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    fig, axes = figure(1, panels, figsize=(5 * panels, 4), squeeze=False)
     for ax, r in zip(axes[0], lenets):
         for c in r["curve"]:
             ax.scatter(c["bytes"] / 1024, c["accuracy"])
@@ -354,10 +359,8 @@ def _configs(text: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results")
+    parser = script_parser(__doc__, STEM, quick="few steps, no sweep")
     parser.add_argument("--models", default="lenet300,lenet5,minilm")
-    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, no sweep")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--sparsity300", default="0.8,0.9,0.95", help="iterative pruning schedule of LeNet-300-100")
     parser.add_argument("--sparsity5", default="0.8,0.9,0.95", help="iterative pruning schedule of LeNet-5")
@@ -384,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.epochs, args.retrain_steps, args.share_steps, args.sweep_bits = 3, 20, 5, []
         args.minilm_configs = _configs("0:a3.6:0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MiniLM's weights come from an installed package, never the hub
     torch.set_num_threads(args.threads)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    meta = run_meta("bench.deep_compression", argv)
     wall = time.perf_counter()
+    meta = run_metadata("bench.deep_compression", argv)
     models = args.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -399,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {r['ratio']:.1f}x, accuracy {r['stages']['dense']['accuracy']:.2f}% -> "
                       f"{r['stages']['coded']['accuracy']:.2f}%", flush=True)
         minilm = run_minilm(args, workdir) if "minilm" in models else None
-    meta["wall_s"] = time.perf_counter() - wall
-    meta["load_at_end"] = load()
+    finish_metadata(meta, wall)
     stem = STEM + args.suffix
     earlier = []
     previous = Path(args.out) / f"{stem}.json"
@@ -419,5 +421,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     raise SystemExit(main())

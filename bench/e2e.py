@@ -26,7 +26,6 @@ GPU targets (issue 6, H100): pruned + int8 BERT-base batch 32 >= 2.5x Inductor f
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
@@ -37,11 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.harness import (
-    add_out_argument,
+    figure,
     finish_metadata,
     meta_lines,
     run_metadata,
     save_figure,
+    script_parser,
     speedup,
     time_variants,
     write_results,
@@ -263,12 +263,9 @@ def _note(case: Case, variant: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small shapes and models (smoke run)")
+    parser = script_parser(__doc__, "e2e", quick="small shapes and models", rounds=20)
     parser.add_argument("--models", default=None, help="comma-separated subset, e.g. minilm,bert-b1,llama-decode")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
-    add_out_argument(parser, "e2e")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     logging.getLogger("slimgraph").setLevel(logging.ERROR)
@@ -328,13 +325,8 @@ def _markdown(meta, rows, targets, device) -> list[str]:
 
 
 def _plot(rows, out, stem, meta) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(r.model for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models)), 4))
+    fig, ax = figure(figsize=(max(6, 1.6 * len(models)), 4))
     width = 0.8 / len(VARIANTS)
     eager = {r.model: r.latency_ms for r in rows if r.variant == "eager" and r.ok}
     ok = {(r.model, r.variant): r.latency_ms for r in rows if r.ok}

@@ -1,6 +1,6 @@
 """One command for the day a GPU is lent: every GPU measurement of the project, in under 8 minutes on an H100/H200.
 
-    python -m bench.gpu_suite [--out bench/results] [--dry-run]
+    python -m bench.gpu_suite [--out bench/results] [--dry-run]   (default: a scratch directory)
 
 Steps (each a subprocess with its own time limit, so one that hangs or fails cannot take the others down):
 
@@ -11,9 +11,10 @@ Steps (each a subprocess with its own time limit, so one that hangs or fails can
             (``python -m bench.gpu_suite --sweep``), with the config the autotuner would choose
   e2e       the end-to-end benchmark (``bench.e2e``)
 
-Everything lands under ``--out``: each step's own result files, plus ``gpu-suite-<device>.{json,md}`` with the
-device, torch / triton / CUDA versions, the commit, and per step its command, exit status, wall time and output
-tail. Then commit bench/results/ and take the README's GPU rows from those files.
+Everything lands under ``--out`` (a scratch directory unless given: ``--out bench/results`` for the committed
+results): each step's own result files, plus ``gpu-suite-<device>.{json,md}`` with the harness's run metadata
+(device, torch / triton versions, the commit), the CUDA version and capability, and per step its command, exit
+status, wall time and output tail. Then commit bench/results/ and take the README's GPU rows from those files.
 
 ``--dry-run`` (CPU, CI): lists the commands, imports every script and parses its arguments (argparse runs, the
 script does not), collects the gpu tests, and exits non-zero if any of that fails.
@@ -23,17 +24,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import harness
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results"
+SUITE = "gpu-suite"
 BUDGET_S = 480
 
 
@@ -63,20 +64,13 @@ assert sum(s.timeout_s for s in STEPS) <= BUDGET_S, "the steps' limits must fit 
 # ------------------------------------------------------------------------------------------------- environment
 
 
-def environment() -> dict:
+def environment(module: str, argv: list[str] | None) -> dict:
+    """The harness's run metadata plus what a GPU run adds: CUDA version and compute capability."""
     import torch
-    import triton
 
-    sys.path.insert(0, str(ROOT))
-    from bench.run_meta import git_state
-
-    commit, dirty = git_state()
     gpu = torch.cuda.is_available()
-    return dict(device=torch.cuda.get_device_name() if gpu else "no CUDA device", gpu=gpu,
-                capability=".".join(map(str, torch.cuda.get_device_capability())) if gpu else None,
-                torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
-                python=platform.python_version(), commit=commit, dirty=dirty,
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))  # fmt: skip
+    return harness.run_metadata(module, argv, gpu=gpu, cuda=torch.version.cuda,
+                                capability=".".join(map(str, torch.cuda.get_device_capability())) if gpu else None)
 
 
 def _device_tag(env: dict) -> str:
@@ -138,7 +132,7 @@ def dry_run(out: Path) -> int:
 # ------------------------------------------------------------------------------------------------------ sweep
 
 
-def sweep(out: Path) -> int:
+def sweep(out: Path, argv: list[str] | None) -> int:
     """Time every curated config of each GEMM kernel alone (pinned, no autotuner) at the shapes of its bucket."""
     import torch
     import triton
@@ -148,7 +142,8 @@ def sweep(out: Path) -> int:
     from slimgraph.kernels.quantize import quantize_rows_reference
     from slimgraph.kernels.tiles import m_bucket
 
-    env = environment()
+    started = time.perf_counter()
+    env = environment("bench.gpu_suite", argv)
     if not env["gpu"]:
         print("no CUDA device: the autotune sweep needs a GPU")
         return 1
@@ -189,32 +184,29 @@ def sweep(out: Path) -> int:
     for r in rows:
         same = [o["ms"] for o in rows if o["kernel"] == r["kernel"] and o["shape"] == r["shape"] and o["ms"]]
         r["best"] = bool(r["ms"]) and r["ms"] == min(same)
-    stem = out / f"autotune-sweep-{_device_tag(env)}"
-    out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(dict(environment=env, rows=rows), indent=1) + "\n")
-    lines = [f"# Autotune sweep — {env['device']}", "",
-             f"`python -m bench.gpu_suite --sweep` — torch {env['torch']}, triton {env['triton']}, commit "
-             f"{env['commit']}, {env['date']}. Each config pinned (no autotuner), median of do_bench.", "",
-             "| kernel | shape | config | ms | best |", "|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        ms = f"{r['ms']:.4f}" if r["ms"] else f"failed: {r.get('error', '')[:80]}"
-        lines.append(f"| {r['kernel']} | {r['shape']} | {r['config']} | {ms} | {'**best**' if r['best'] else ''} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem}.json/.md")
+    harness.finish_metadata(env, started)
+    lines = [f"# Autotune sweep — {env['device']}", "", *harness.meta_lines(env),
+             f"- CUDA {env['cuda']}, capability {env['capability']}; each config pinned (no autotuner), median of "
+             "do_bench", ""]
+    lines += harness.md_table(["kernel", "shape", "config", "ms", "best"], [
+        [r["kernel"], r["shape"], r["config"], f"{r['ms']:.4f}" if r["ms"] else f"failed: {r.get('error', '')[:80]}",
+         "**best**" if r["best"] else ""] for r in rows])
+    files = harness.write_results(out, f"autotune-sweep-{_device_tag(env)}", {"meta": env, "rows": rows}, lines)
+    print("wrote " + ", ".join(map(str, files)))
     return 0
 
 
 # -------------------------------------------------------------------------------------------------------- run
 
 
-def run_suite(out: Path) -> int:
-    env = environment()
+def run_suite(out: Path, argv: list[str] | None) -> int:
+    started = time.perf_counter()
+    env = environment("bench.gpu_suite", argv)
     if not env["gpu"]:
         print("no CUDA device: nothing to measure here (use --dry-run to check the suite on CPU)")
         return 1
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    started = time.perf_counter()
     for step in STEPS:
         cmd = step.command(out)
         print(f"[{step.name}] {' '.join(cmd)}", flush=True)
@@ -229,32 +221,28 @@ def run_suite(out: Path) -> int:
         results.append(dict(step=step.name, command=" ".join(cmd), env=dict(step.env), rc=rc,
                             seconds=round(time.perf_counter() - t0, 1), output_tail=output[-4000:]))  # fmt: skip
         print(f"    rc={rc} in {results[-1]['seconds']} s", flush=True)
-    total = round(time.perf_counter() - started, 1)
-    stem = out / f"gpu-suite-{_device_tag(env)}"
-    stem.with_suffix(".json").write_text(json.dumps(dict(environment=env, seconds=total, steps=results), indent=1))
-    lines = [f"# GPU suite — {env['device']} (capability {env['capability']})", "",
-             f"`python -m bench.gpu_suite` — torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit "
-             f"{env['commit']}{' (+ uncommitted changes)' if env['dirty'] else ''}, {env['date']}; {total} s.", "",
-             "| step | command | status | s |", "|---|---|---|---|"]  # fmt: skip
-    for r in results:
-        lines.append(f"| {r['step']} | `{r['command']}` | {'ok' if r['rc'] == 0 else 'FAILED: ' + str(r['rc'])} "
-                     f"| {r['seconds']} |")  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem}.json/.md in {total} s")
+    harness.finish_metadata(env, started)
+    lines = [f"# GPU suite — {env['device']} (capability {env['capability']})", "", *harness.meta_lines(env),
+             f"- CUDA {env['cuda']}", ""]
+    lines += harness.md_table(["step", "command", "status", "s"], [
+        [r["step"], f"`{r['command']}`", "ok" if r["rc"] == 0 else f"FAILED: {r['rc']}", r["seconds"]]
+        for r in results])
+    files = harness.write_results(out, f"gpu-suite-{_device_tag(env)}", {"meta": env, "steps": results}, lines)
+    print(f"wrote {', '.join(map(str, files))} in {env['wall_s']} s")
     return 0 if all(r["rc"] == 0 for r in results) else 1
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_suite", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/results)")
+    p = harness.script_parser(__doc__, SUITE)
     p.add_argument("--dry-run", action="store_true", help="CPU: list the steps, check imports and arguments")
     p.add_argument("--sweep", action="store_true", help="run only the autotune sweep step (GPU)")
     a = p.parse_args(argv)
+    out = Path(a.out)
     if a.dry_run:
-        return dry_run(a.out)
+        return dry_run(out)
     if a.sweep:
-        return sweep(a.out)
-    return run_suite(a.out)
+        return sweep(out, argv)
+    return run_suite(out, argv)
 
 
 if __name__ == "__main__":
