@@ -223,3 +223,32 @@ def test_extreme_values_sum_exactly(sign, reference):
     _close(conv(), want)
     _close(conv(), reference(conv))
 
+
+
+@pytest.mark.skipif(not cpu_int8.int_mm_exact(), reason="torch._int_mm does not sum exactly on this CPU")
+def test_dynamic_linear_runs_int_mm_where_it_is_exact(monkeypatch, reference):
+    """Per-row scales gain nothing from oneDNN's epilogue: the dynamic Linear takes torch._int_mm (signed, no shift)."""
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or int_mm(a, b))
+    xq, rows = sg.dynamic_quantize_per_token(torch.randn(2, 5, 48) * 3)
+    wq, ws = quantize_weight(torch.randn(24, 48))
+    b = torch.randn(24)
+    op = lambda: sg.qlinear_dynamic(xq, rows, wq, ws, b, "gelu", torch.bfloat16)  # noqa: E731
+    y = op()
+    assert calls == [(10, 48)]
+    _close(y.float(), reference(op).float())
+
+
+def test_dynamic_linear_without_int_mm_keeps_onednn(monkeypatch, reference):
+    """Where torch._int_mm is not exact (or missing) the oneDNN uint8 path runs, with the same numbers."""
+    monkeypatch.setattr(cpu_int8, "int_mm_exact", lambda: False)
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or int_mm(a, b))
+    xq, rows = sg.dynamic_quantize_per_token(torch.randn(7, 40) * 3)
+    wq, ws = quantize_weight(torch.randn(9, 40))
+    op = lambda: sg.qlinear_dynamic(xq, rows, wq, ws, None, "relu", torch.float32)  # noqa: E731
+    y = op()
+    assert calls == []  # the oneDNN path ran (the torch reference below may use _int_mm itself)
+    _close(y, reference(op))
