@@ -37,10 +37,10 @@ import torch.nn.functional as F
 
 from bench.harness import (
     figure,
+    finish_figure,
     finish_metadata,
     meta_lines,
     run_metadata,
-    save_figure,
     script_parser,
     speedup,
     time_variants,
@@ -335,11 +335,9 @@ def _plot(rows, out, stem, meta) -> None:
         ax.bar([j + i * width for j in range(len(models))], ys, width=width, label=v)
     ax.set_xticks([j + 0.4 for j in range(len(models))])
     ax.set_xticklabels(models, rotation=20)
-    ax.set_ylabel("speed-up vs eager (x, median ratio)")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.legend(fontsize=7)
-    ax.set_title(f"end to end on {meta['device']}")
-    save_figure(fig, out, stem)
+    finish_figure(fig, ax, out, stem, title=f"end to end on {meta['device']}",
+                  ylabel="speed-up vs eager (x, median ratio)", legend={"fontsize": 7})
 
 
 if __name__ == "__main__":

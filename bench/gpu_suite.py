@@ -73,6 +73,16 @@ def environment(module: str, argv: list[str] | None) -> dict:
                                 capability=".".join(map(str, torch.cuda.get_device_capability())) if gpu else None)
 
 
+def start_gpu_run(argv: list[str] | None, refusal: str) -> tuple[float, dict] | None:
+    """(start time, run metadata) of a suite run or sweep; None, after printing ``refusal``, without a GPU."""
+    started = time.perf_counter()
+    env = environment("bench.gpu_suite", argv)
+    if not env["gpu"]:
+        print(f"no CUDA device: {refusal}")
+        return None
+    return started, env
+
+
 def _device_tag(env: dict) -> str:
     name = env["device"].lower().replace("nvidia", "").strip()
     return name.split()[0] if env["gpu"] and name else "cpu"
@@ -142,11 +152,10 @@ def sweep(out: Path, argv: list[str] | None) -> int:
     from slimgraph.kernels.quantize import quantize_rows_reference
     from slimgraph.kernels.tiles import m_bucket
 
-    started = time.perf_counter()
-    env = environment("bench.gpu_suite", argv)
-    if not env["gpu"]:
-        print("no CUDA device: the autotune sweep needs a GPU")
+    begun = start_gpu_run(argv, "the autotune sweep needs a GPU")
+    if begun is None:
         return 1
+    started, env = begun
     torch.manual_seed(0)
     rows = []
 
@@ -200,11 +209,10 @@ def sweep(out: Path, argv: list[str] | None) -> int:
 
 
 def run_suite(out: Path, argv: list[str] | None) -> int:
-    started = time.perf_counter()
-    env = environment("bench.gpu_suite", argv)
-    if not env["gpu"]:
-        print("no CUDA device: nothing to measure here (use --dry-run to check the suite on CPU)")
+    begun = start_gpu_run(argv, "nothing to measure here (use --dry-run to check the suite on CPU)")
+    if begun is None:
         return 1
+    started, env = begun
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for step in STEPS:

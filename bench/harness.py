@@ -3,7 +3,8 @@
 A bench script is ``main(argv) -> int`` whose parser comes from :func:`script_parser`; it builds its variants,
 times them with :func:`time_variants` (the same interleaved timing, median + IQR, load recording and "no change"
 verdict as ``sg.compress`` reports: :mod:`slimgraph.timing`) and writes its results with :func:`write_results`
-(JSON + markdown, headed by :func:`meta_lines`) and a plot with :func:`save_figure` or :func:`bar_chart`.
+(JSON + markdown, headed by :func:`meta_lines`) and a plot: :func:`bar_chart` / :func:`scatter_chart`, or
+:func:`figure` + the script's own drawing + :func:`finish_figure` (labels, legend, ``save_figure``).
 
     def main(argv=None) -> int:
         parser = script_parser(__doc__, "my-suite")
@@ -38,10 +39,10 @@ import torch
 from bench.run_meta import describe_commit
 from slimgraph.timing import Ratio, Timing, TimingRun, speedup, time_interleaved
 
-__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "figure", "finish_metadata", "human",
-           "load_average", "md_table", "meta_lines", "run_metadata", "save_figure", "scatter_chart", "scratch_dir",
-           "script_parser", "settle_threads", "speedup", "target_line", "time_variants",
-           "time_variants_quietly", "version", "write_results"]
+__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "figure", "finish_figure",
+           "finish_metadata", "human", "load_average", "md_table", "meta_lines", "run_metadata", "save_figure",
+           "scatter_chart", "scratch_dir", "script_parser", "settle_threads", "speedup", "target_line",
+           "time_variants", "time_variants_quietly", "version", "write_results"]
 
 # versions a result records when the run used the tool (run_metadata(..., torch_pruning=...)); meta_lines shows them
 OPTIONAL_VERSIONS = ("torch_pruning", "torchao", "onnx", "onnxruntime")
@@ -265,6 +266,21 @@ def figure(*args, **kwargs):
     return plt.subplots(*args, **kwargs)
 
 
+def finish_figure(fig, ax, out: str | Path, stem: str, *, title: str, ylabel: str, xlabel: str | None = None,
+                  logy: bool = False, legend: dict[str, Any] | None = None, title_size: float = 10) -> Path:
+    """Label a result plot (units belong in the labels), log-scale its y axis if asked, add a legend with the
+    ``legend`` keyword arguments (None: no legend), and write it with :func:`save_figure`."""
+    if logy:
+        ax.set_yscale("log")
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    if legend is not None:
+        ax.legend(**legend)
+    return save_figure(fig, out, stem)
+
+
 def save_figure(fig, out: str | Path, stem: str) -> Path:
     """Lay out, write ``out/stem.png`` and close a matplotlib figure."""
     import matplotlib.pyplot as plt
@@ -294,13 +310,8 @@ def bar_chart(out: str | Path, stem: str, series: Mapping[str, Mapping[str, floa
     ax.set_xticklabels(categories, rotation=25, ha="right", fontsize=8)
     if reference is not None:
         ax.axhline(reference[0], color="k", ls="--", lw=1, label=reference[1])
-    if log:
-        ax.set_yscale("log")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    if len(series) > 1 or reference is not None:
-        ax.legend(fontsize=7)
-    return save_figure(fig, out, stem)
+    return finish_figure(fig, ax, out, stem, title=title, ylabel=ylabel, logy=log,
+                         legend={"fontsize": 7} if len(series) > 1 or reference is not None else None)
 
 
 def scatter_chart(out: str | Path, stem: str, points: Mapping[str, tuple[float, float]], *, xlabel: str,
@@ -309,14 +320,9 @@ def scatter_chart(out: str | Path, stem: str, points: Mapping[str, tuple[float, 
     fig, ax = figure(figsize=(7.0, 4.5))
     for i, (label, (x, y)) in enumerate(points.items()):
         ax.scatter([x], [y], color=f"C{i % 10}", label=label, zorder=3)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return save_figure(fig, out, stem)
+    return finish_figure(fig, ax, out, stem, title=title, ylabel=ylabel, xlabel=xlabel, logy=logy,
+                         legend={"fontsize": 7})
 
 
 def md_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:

@@ -496,16 +496,13 @@ def _plot(out_dir: str | Path, stem: str, meta: dict, rows: list[dict]) -> Path:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=60, ha="right", fontsize=7)
     if gpu:
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_ylabel("speed-up over cuBLAS fp16 (cuDNN for convs)")
-    else:
-        ax.set_yscale("log")
-        ax.set_ylabel("ms (median), torch reference on CPU, tiny shapes")
     title = f"slimgraph kernels — {meta['device']}, torch {meta['torch']}, triton {meta['triton']}"
     if not gpu:
         title += "\nNO GPU FOUND: CPU reference paths only, not kernel speed"
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=3)
-    return harness.save_figure(fig, out_dir, stem)
+    ylabel = ("speed-up over cuBLAS fp16 (cuDNN for convs)" if gpu else
+              "ms (median, log), torch reference on CPU, tiny shapes")
+    return harness.finish_figure(fig, ax, out_dir, stem, title=title, ylabel=ylabel, logy=not gpu,
+                                 legend={"fontsize": 7, "ncol": 3}, title_size=9)
 
 
 # ------------------------------------------------------------------------------------------------------- main

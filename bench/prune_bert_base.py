@@ -93,9 +93,8 @@ def check_runs(model, args, kwargs, reference_shapes) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.script_parser(__doc__, SUITE)
+    parser = harness.script_parser(__doc__, SUITE, quick="one warm repeat")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="smoke run: one warm repeat")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
@@ -202,14 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(out, runs, med):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [("sg_check", "slimgraph\n(end to end)"), ("sg_nocheck", "slimgraph\ncheck=False"),
             ("export", "torch.export\nalone"), ("tp", "Torch-Pruning")]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = harness.figure(figsize=(6, 3.5))
     for i, (k, _) in enumerate(keys):
         v = [r["s"] for r in runs[k]]
         ax.bar(i, med[k], color="C0" if k.startswith("sg") else "C1" if k == "tp" else "C7")
@@ -217,10 +211,8 @@ def _plot(out, runs, med):
         ax.text(i, med[k] + 0.05, f"{med[k]:.2f}", ha="center", fontsize=8)
     ax.axhline(TARGET_S, color="r", ls="--", lw=1, label=f"target {TARGET_S:.0f} s")
     ax.set_xticks(range(len(keys)), [label for _, label in keys], fontsize=8)
-    ax.set_ylabel("seconds (median, dots = repeats)")
-    ax.set_title("Pruning BERT-base heads + FFN at 0.5, CPU")
-    ax.legend(fontsize=8)
-    return harness.save_figure(fig, out, SUITE)
+    return harness.finish_figure(fig, ax, out, SUITE, title="Pruning BERT-base heads + FFN at 0.5, CPU",
+                                 ylabel="seconds (median, dots = repeats)", legend={"fontsize": 8})
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ def labelled_batches(x, y, batch_size: int, epochs: int, seed: int = 0) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.script_parser(__doc__, SUITE)
-    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, one seed, one repeat")
+    parser = harness.script_parser(__doc__, SUITE, quick="few steps, one seed, one repeat")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -199,13 +198,8 @@ def _width(m) -> int:
 
 
 def _plot(out, rows, teacher_acc, ratio):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = ["after pruning", "after distillation"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = harness.figure(figsize=(6, 3.5))
     for i, (key, name) in enumerate((("slimgraph", "slimgraph"), ("torch_pruning", "Torch-Pruning"))):
         vals = [rows[key]["accuracy_pruned"], rows[key]["accuracy_distilled_mean"]]
         ax.bar([x + 0.38 * i for x in range(2)], vals, width=0.36, label=name)
@@ -213,11 +207,10 @@ def _plot(out, rows, teacher_acc, ratio):
             ax.text(x + 0.38 * i, v + 1, f"{v:.1f}", ha="center", fontsize=8)
     ax.axhline(teacher_acc, color="k", ls="--", lw=1, label=f"teacher {teacher_acc:.1f}%")
     ax.set_xticks([x + 0.19 for x in range(2)], labels)
-    ax.set_ylabel("top-1 accuracy on the test split (%)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"digits CNN, ratio {ratio}")
-    ax.legend(loc="lower right", fontsize=8)
-    return harness.save_figure(fig, out, SUITE)
+    return harness.finish_figure(fig, ax, out, SUITE, title=f"digits CNN, ratio {ratio}",
+                                 ylabel="top-1 accuracy on the test split (%)",
+                                 legend={"loc": "lower right", "fontsize": 8})
 
 
 if __name__ == "__main__":

@@ -347,8 +347,7 @@ def _yn(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.script_parser(__doc__, SUITE)
-    parser.add_argument("--quick", action="store_true", help="smoke run: three models")
+    parser = harness.script_parser(__doc__, SUITE, quick="three models")
     parser.add_argument("--timeout", type=float, default=45.0, help="seconds per model and attempt")
     parser.add_argument("--models", default="", help="comma-separated subset")
     parser.add_argument("--worker", choices=("slimgraph", "torch_pruning", "shuffle"), help=argparse.SUPPRESS)

@@ -175,8 +175,7 @@ def latencies(models: dict[str, nn.Module], batch, rounds: int, threads: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.script_parser(__doc__, SUITE)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, one latency round")
+    parser = harness.script_parser(__doc__, SUITE, quick="10 steps, one latency round")
     parser.add_argument("--sweep", action="store_true", help="record slimgraph's distillation at several settings")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -418,27 +417,18 @@ def plot_sweep(out, results: list[dict]):
 
 
 def _plot(out, stem, sg_hist, tp_hist):
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     def smooth(v, k=20):
         return [statistics.mean(v[max(0, i - k + 1):i + 1]) for i in range(len(v))]
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = harness.figure(figsize=(6, 3.5))
     ax.plot(smooth(sg_hist.kd_losses), label="slimgraph: 1 - cosine (embedding)")
     ax.plot(smooth(sg_hist.losses), label="slimgraph: total (+ hidden MSE)", ls="--")
     if tp_hist is not None:
         ax.plot(smooth(tp_hist.kd_losses), label="Torch-Pruning: 1 - cosine (embedding)")
         ax.plot(smooth(tp_hist.losses), label="Torch-Pruning: total", ls="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (20-step mean)")
-    ax.set_yscale("log")
-    ax.set_title("MiniLM distillation after pruning (train text)")
-    ax.legend(fontsize=7)
-    return harness.save_figure(fig, out, stem)
+    return harness.finish_figure(fig, ax, out, stem, title="MiniLM distillation after pruning (train text)",
+                                 xlabel="step", ylabel="training loss (20-step mean)", logy=True,
+                                 legend={"fontsize": 7})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 import torch
 
 from bench import harness
-from bench.quant_minilm import add_latency, sg_file_mb
+from bench.quant_minilm import add_latency, quantized_rows
 
 SUITE = "quant-digits"
 TARGET_DROP_POINTS = 0.5
@@ -30,37 +30,27 @@ QUICK_CONFIGS = ("w8a8 static (minmax)", "w8a16")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.script_parser(__doc__, SUITE)
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {', '.join(QUICK_CONFIGS)} only, "
-                        "20 timing rounds")
-    parser.add_argument("--rounds", type=int, default=200, help="interleaved timing rounds (default 200)")
+    parser = harness.script_parser(__doc__, SUITE, rounds=200, quick=f"{', '.join(QUICK_CONFIGS)} only, 20 timing "
+                                   "rounds")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     meta = harness.run_metadata("bench.quant_digits", argv)
     torch.manual_seed(0)
 
-    import slimgraph as sg
     from slimgraph.demos.digits import accuracy, digits_data, trained_digits_cnn
-    from slimgraph.quant import last_report, quantize
 
     configs = {k: v for k, v in CONFIGS.items() if not args.quick or k in QUICK_CONFIGS}
     model = trained_digits_cnn()
     x_train, _, x_test, y_test = digits_data()
     calib = [(x_train[i:i + 64],) for i in range(0, 8 * 64, 64)]
     batch = (x_test[:64],)
-    float_gm = sg.optimize(model, batch, "fold-bn,fuse")
     base = accuracy(model, x_test, y_test)
-    rows = [{"name": "float", "accuracy": base, "drop_points": 0.0, "file_kb": sg_file_mb(float_gm) * 1024,
-             "module": model}]
-    for name, (scheme, options) in configs.items():
-        began = time.perf_counter()
-        q = quantize(model, batch, scheme, calib=calib, progress=False, **options)
-        seconds = time.perf_counter() - began
-        acc = accuracy(q, x_test, y_test)
-        report = last_report(q)
-        rows.append({"name": name, "scheme": scheme, "options": options, "accuracy": acc, "drop_points": base - acc,
-                     "int8_layers": len(report.quantized), "layers": len(report.layers), "quantize_s": seconds,
-                     "file_kb": sg_file_mb(q) * 1024, "module": q})
+
+    def evaluate(module) -> dict:
+        acc = accuracy(module, x_test, y_test)
+        return {"accuracy": acc, "drop_points": base - acc}
+
+    rows = quantized_rows(model, batch, configs, calib, evaluate, float_pipeline="fold-bn,fuse")
     run = add_latency(rows, batch, 20 if args.quick else args.rounds)
     harness.finish_metadata(meta, start)
     w8a8_drops = [r["drop_points"] for r in rows if r.get("scheme") == "w8a8"]
@@ -88,7 +78,7 @@ def markdown(result: dict, run: harness.TimingRun) -> list[str]:
         layers = f"{r['int8_layers']}/{r['layers']}" if "layers" in r else "-"
         rows.append([r["name"], f"{r['accuracy']:.2f}", f"{r['drop_points']:+.2f}", layers,
                      f"{r['latency_ms']:.2f} ({r['latency_q1_ms']:.2f}-{r['latency_q3_ms']:.2f})", r["vs_float"],
-                     f"{r['file_kb']:.1f}"])
+                     f"{r['file_mb'] * 1024:.1f}"])
     target = result["target"]
     worst = "-" if target["measured_worst_drop"] is None else f"{target['measured_worst_drop']:+.2f} points"
     return [f"# {result['benchmark']}: {result['model']}", "", *harness.meta_lines(result["meta"]),

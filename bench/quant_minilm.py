@@ -77,6 +77,27 @@ def torchao_rows(model, evaluate) -> list[dict]:
     return rows
 
 
+def quantized_rows(model, example: tuple, configs: dict, calib: list, evaluate, float_pipeline: str = "") -> list[dict]:
+    """The float row, then one row per configuration ``{name: (scheme, quantize options)}``: ``evaluate(module)``'s
+    metrics, the quantize time, int8 / float layers and the archive size. Each row holds its module for
+    :func:`add_latency`; ``float_pipeline`` is what the float archive is optimized with (``sg.optimize``)."""
+    import slimgraph as sg
+    from slimgraph.quant import last_report, quantize
+
+    float_gm = sg.optimize(model, example, float_pipeline)
+    rows = [{"name": "float", **evaluate(model), "file_mb": sg_file_mb(float_gm), "module": model}]
+    for name, (scheme, options) in configs.items():
+        began = time.perf_counter()
+        q = quantize(model, example, scheme, calib=calib, progress=False, **options)
+        seconds = time.perf_counter() - began
+        report = last_report(q)
+        rows.append({"name": name, "scheme": scheme, "options": options, **evaluate(q), "quantize_s": seconds,
+                     "int8_layers": len(report.quantized), "layers": len(report.layers),
+                     "float_layers": [r.name for r in report.skipped], "file_mb": sg_file_mb(q), "module": q})
+        print(f"{name}: quantized in {seconds:.1f} s", flush=True)
+    return rows
+
+
 def add_latency(rows: list[dict], batch: tuple, rounds: int) -> harness.TimingRun:
     """Time every row that holds a module (popping it), interleaved; the first row (float) is the baseline."""
     timed = {r["name"]: r.pop("module") for r in rows if "module" in r}
@@ -92,19 +113,15 @@ def add_latency(rows: list[dict], batch: tuple, rounds: int) -> harness.TimingRu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.script_parser(__doc__, SUITE)
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {', '.join(QUICK_CONFIGS)} only, 2 "
-                        "calibration batches, 3 timing rounds")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (default 10)")
+    parser = harness.script_parser(__doc__, SUITE, rounds=10, quick=f"{', '.join(QUICK_CONFIGS)} only, 2 calibration "
+                                   "batches, 3 timing rounds")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     meta = harness.run_metadata("bench.quant_minilm", argv, torchao=harness.version("torchao"))
     torch.manual_seed(0)
 
-    import slimgraph as sg
     from slimgraph.demos.minilm import fidelity_evaluator, load_encoder, load_tokenizer, text_batches
-    from slimgraph.quant import last_report, quantize
 
     configs = {k: v for k, v in CONFIGS.items() if not args.quick or k in QUICK_CONFIGS}
     n_calib, rounds = (2, 3) if args.quick else (CALIB_BATCHES, args.rounds)
@@ -114,17 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = text_batches("heldout", batch_size=32, tokenizer=tokenizer)
     evaluate = fidelity_evaluator(model, heldout)
     batch = heldout[0]
-    float_gm = sg.optimize(model, calib[0], "")
-    rows = [{"name": "float", **evaluate(model), "file_mb": sg_file_mb(float_gm), "module": model}]
-    for name, (scheme, options) in configs.items():
-        began = time.perf_counter()
-        q = quantize(model, calib[0], scheme, calib=calib, progress=False, **options)
-        seconds = time.perf_counter() - began
-        report = last_report(q)
-        rows.append({"name": name, "scheme": scheme, "options": options, **evaluate(q), "quantize_s": seconds,
-                     "int8_layers": len(report.quantized), "layers": len(report.layers),
-                     "float_layers": [r.name for r in report.skipped], "file_mb": sg_file_mb(q), "module": q})
-        print(f"{name}: {rows[-1]['cosine_mean']:.5f}", flush=True)
+    rows = quantized_rows(model, calib[0], configs, calib, evaluate)
     if not args.quick:
         rows += torchao_rows(model, evaluate)
     run = add_latency(rows, batch, rounds)
