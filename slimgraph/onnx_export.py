@@ -30,6 +30,7 @@ from .errors import InputError, SlimgraphError
 from .ir import dynamic
 from .ir.capture import capture
 from .ir.info import GRAPH_KEY, graph_info
+from .ir.rnn_shapes import symbolic_rnn_shapes
 
 
 class ExportError(SlimgraphError):
@@ -72,7 +73,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
             dynamic.warn(f"ONNX export with dynamic axes failed ({type(failures[-1]).__name__}: "
                              f"{str(failures[-1])[:300]}); the file is exported with static shapes")
         try:
-            with _quiet():
+            with _quiet(), symbolic_rnn_shapes():  # an RNN's sequence length stays a dynamic axis
                 program = torch.onnx.export(traced, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                                             custom_translation_table=dict(TRANSLATIONS), dynamic_shapes=shapes,
                                             verbose=False)

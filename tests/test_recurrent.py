@@ -126,3 +126,33 @@ def test_pruned_int8_recurrent_archive_other_lengths(cell, tmp_path):
     for batch, seq in SHAPES:
         x = _x(batch, seq, seed=batch + seq)
         assert_close_outputs(run(loaded, x), run(q, x), rel=1e-6)
+
+
+@pytest.mark.parametrize("cell,batch_first", [(nn.LSTM, True), (nn.GRU, True), (nn.LSTM, False)])
+def test_sequence_dim_stays_symbolic_through_capture_archive_and_onnx(cell, batch_first, tmp_path):
+    """The RNN ops' own decompositions unroll time and so guarded the sequence length to the example's: the graph
+    ran at other lengths only because aten.lstm took them anyway, while the archive's and the ONNX file's input
+    kept the example's length (ORT: "Got: 12 Expected: 16"). The shape rule keeps it a symbolic dim."""
+    import onnxruntime as ort
+
+    from slimgraph.ir.info import graph_info
+
+    model = RecurrentNet(cell, batch_first).eval()
+    seq_dim = 1 if batch_first else 0
+    gm = sg.capture(model, _x(2, 10, batch_first))
+    assert sorted(graph_info(gm).dynamic_dims["x"]) == [0, 1], graph_info(gm).dynamic_dims
+    assert [n.target for n in gm.graph.nodes if "lstm" in str(n.target) or "gru" in str(n.target)], \
+        "the RNN stays one op (the shape rule must never be traced into the graph in its place)"
+    q = sg.quantize(sg.prune(gm, _x(2, 10, batch_first), ratio=0.5), _x(2, 10, batch_first), scheme="w8a8-dynamic")
+    loaded = sg.load(sg.save(q, tmp_path / "rnn.sg"))
+    path = sg.export_onnx(q, _x(2, 10, batch_first), tmp_path / "rnn.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dims = session.get_inputs()[0].shape
+    assert isinstance(dims[0], str) and isinstance(dims[1], str), dims  # both axes named, none fixed
+    for batch, seq in SHAPES:
+        x = _x(batch, seq, batch_first, seed=batch * 10 + seq)
+        want = run(q, x)
+        assert want.shape[seq_dim] == seq
+        assert_close_outputs(run(loaded, x), want, rel=1e-6)
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x[0].numpy()})[0])
+        assert_close_outputs(got, want, rel=1e-4)

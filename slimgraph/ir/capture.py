@@ -33,6 +33,7 @@ from .experts import dense_experts, warn_dense_experts
 from .graph_utils import add_constant, remove_unused_attributes
 from .info import GRAPH_KEY, GraphInfo
 from .propagate import refresh
+from .rnn_shapes import symbolic_rnn_shapes
 
 
 def capture(
@@ -193,7 +194,7 @@ def _eval_mode(model: nn.Module):
 
 def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes, *, oblivious: bool = False):
     size_rule = dynamic.size_oblivious() if oblivious else contextlib.nullcontext()
-    with _eval_mode(model), _quiet_export_warnings(), size_rule, dense_experts(model):
+    with _eval_mode(model), _quiet_export_warnings(), size_rule, dense_experts(model), symbolic_rnn_shapes():
         ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes)
     if dynamic_shapes is not None:
         # ep.module() checks export's shape guards before each call; our graph drops that check, so a graph whose

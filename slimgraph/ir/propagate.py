@@ -22,6 +22,7 @@ from .cost import node_flops, node_macs
 from .dynamic import is_symbolic
 from .graph_utils import get_attr_tensor, op_name
 from .info import NODE_KEY, NodeInfo, TensorSpec, graph_info
+from .rnn_shapes import symbolic_rnn_shapes
 
 
 def _fake_mode_for(gm: fx.GraphModule) -> FakeTensorMode:
@@ -64,7 +65,7 @@ def propagate(gm: fx.GraphModule, *, only_missing: bool = True, before_node=None
     # the Python dispatcher lets ops whose C++ composite kernels want concrete sizes (upsample_bilinear2d.vec
     # with a symbolic output size, baddbmm's beta/alpha path) run their symbolic-aware Python decompositions,
     # as they did when torch.export traced them
-    with mode, enable_python_dispatcher():
+    with mode, enable_python_dispatcher(), symbolic_rnn_shapes():  # RNNs: no guard on a symbolic sequence
         for i, node in enumerate(placeholders):
             if only_missing and "val" in node.meta:
                 continue
