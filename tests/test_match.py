@@ -48,7 +48,7 @@ def _graph(fn, *args) -> fx.GraphModule:
 
 
 def test_families_hold_their_ops_and_late_slimgraph_ops():
-    import slimgraph.kernels.epilogue  # noqa: F401 - registers slimgraph.conv_act / linear_act
+    import slimgraph.ops.epilogue  # noqa: F401 - registers slimgraph.conv_act / linear_act
 
     assert aten.conv2d.default in CONVS and aten.conv2d.padding not in CONVS
     assert aten.conv2d.padding in ALL_CONVS and torch.ops.slimgraph.conv_act.default in ALL_CONVS
