@@ -52,6 +52,7 @@ OPS = (
 )  # fmt: skip
 INT8_OPS = {"int_mm_scaled", "int8_matmul", "quant+int8_matmul", "int8_conv2d"}
 SUITE = "kernels"
+ATTEMPTS = 5  # CPU: times a shape is timed while its probe GEMM says the thread pool kept the ops waiting
 
 # GUIDE §5 / issue 5 targets on H100 (benchmarks, not tests).
 TARGETS = (
@@ -159,8 +160,8 @@ class Run:
                 row["note"] = row["note"].strip()
         if not runnable:
             return
-        run, pool = harness.time_variants_quietly({row["op"]: fn for row, fn, *_ in runnable}, rounds=self.rounds,
-                                                  min_rounds=min(self.rounds, 5))  # fmt: skip
+        run, pool = harness.time_variants_quietly({row["op"]: fn for row, fn, *_ in runnable}, attempts=ATTEMPTS,
+                                                  rounds=self.rounds, min_rounds=min(self.rounds, 5))  # fmt: skip
         shape = runnable[0][0]["shape"]
         self.timing_conditions.append(f"{shape}: {run.conditions()}; probe GEMM median {pool['probe_ms']} ms "
                                       f"(attempt {pool['attempts']})")
@@ -445,7 +446,8 @@ def write_kernel_results(out_dir: str | Path, meta: dict, run: Run, targets: lis
                   f"{run.timing_conditions[0].split(': ', 1)[1] if run.timing_conditions else '-'} "
                   "(first shape; every shape's conditions are in the JSON). A probe GEMM runs in the same rounds: "
                   "when its median exceeds 1 ms the thread pool kept the ops waiting for scheduler ticks (a loaded "
-                  "machine), and the shape is timed again once the pool answers promptly (at most 3 attempts)",
+                  "machine), and the shape is timed again once the pool answers promptly (at most "
+                  f"{ATTEMPTS} attempts)",
                   "- shapes whose every attempt was disturbed (their rows say so): "
                   f"{', '.join(run.disturbed) or 'none'}",
                   ""]
@@ -481,6 +483,8 @@ def _ms_label(row: dict) -> str:
 
 
 def _plot(out_dir: str | Path, stem: str, meta: dict, rows: list[dict]) -> Path:
+    from matplotlib import colormaps
+
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     ops = [op for op in OPS if any(r["op"] == op and r["ms"] for r in rows)]
     gpu = meta["gpu"]
@@ -492,7 +496,8 @@ def _plot(out_dir: str | Path, stem: str, meta: dict, rows: list[dict]) -> Path:
             r = next((r for r in rows if r["shape"] == s and r["op"] == op), None)
             v = None if r is None else (r.get("speedup_vs_fp16") if gpu else r["ms"])
             values.append(float("nan") if v is None else v)
-        ax.bar([j + i * width for j in range(len(shapes))], values, width, label=op)
+        ax.bar([j + i * width for j in range(len(shapes))], values, width, label=op,
+               color=colormaps["tab20"](i % 20))  # 16 ops: the default 10-colour cycle would repeat colours
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=60, ha="right", fontsize=7)
     if gpu:
         ax.axhline(1.0, color="black", linewidth=0.8)
