@@ -44,6 +44,8 @@ __all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "fig
            "scatter_chart", "scratch_dir", "script_parser", "settle_threads", "speedup", "target_line",
            "time_variants", "time_variants_quietly", "version", "write_results"]
 
+# environment variables that change what a bench measures; a result records those that are set
+RECORDED_ENV = ("TRITON_INTERPRET", "SLIMGRAPH_AUTOTUNE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 # versions a result records when the run used the tool (run_metadata(..., torch_pruning=...)); meta_lines shows them
 OPTIONAL_VERSIONS = ("torch_pruning", "torchao", "onnx", "onnxruntime")
 
@@ -100,6 +102,7 @@ def run_metadata(module: str, argv: list[str] | None, **extra: Any) -> dict[str,
     argv = sys.argv[1:] if argv is None else argv
     meta = {
         "command": " ".join(["python -m", module, *argv]),
+        "env": {name: os.environ[name] for name in RECORDED_ENV if name in os.environ},
         "commit": describe_commit(),
         "device": device_name(),
         "torch": torch.__version__,
@@ -126,7 +129,7 @@ def meta_lines(meta: dict[str, Any]) -> list[str]:
     """Markdown bullet lines for a result's header."""
     optional = "".join(f", {name.replace('_', '-')} {meta[name]}" for name in OPTIONAL_VERSIONS if name in meta)
     return [
-        f"- command: `{meta['command']}`",
+        f"- command: `{''.join(f'{k}={v} ' for k, v in meta.get('env', {}).items())}{meta['command']}`",
         f"- commit {meta['commit']}; torch {meta['torch']}, triton {meta['triton']}, transformers "
         f"{meta['transformers']}{optional}, python {meta['python']}",
         f"- device: {meta['device']}, {meta['torch_threads']} torch threads; load average (1/5/15 min) at start "
