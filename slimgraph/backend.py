@@ -19,7 +19,10 @@ works without importing slimgraph. For every graph dynamo hands over it:
    float version on the actual device and keeps the faster (results cached on disk);
 4. hands the graph to the inner compiler: Inductor by default (ops slimgraph does not own still get its
    code generation; ``torch.ops.slimgraph.*`` run their Triton kernels on CUDA, references on CPU), or
-   eager.
+   eager. On CPU, for Inductor, the dynamic int8 ops are first written out in ATen ops
+   (:func:`lower_int8_for_inductor`): the per-token quantizer and the scale/bias/activation epilogue become
+   pointwise and reduction code Inductor fuses with its neighbours, around ``torch._int_mm``'s exact int8 GEMM;
+   as opaque custom ops each would be its own passes over memory plus a Python call.
 
 It never breaks the user: if anything in steps 1-3 fails, it logs a warning naming the pass and node and
 compiles the unmodified graph with the inner compiler. Graph breaks are handled by dynamo as usual. When
@@ -259,8 +262,90 @@ def _optimize(gm: fx.GraphModule, example_inputs: list, options: BackendOptions)
     for record in graph_info(optimized).history:
         for note in record.notes:
             log.debug("slimgraph backend: %s: %s", record.name, note)
+    if options.inner == "inductor":
+        lowered = lower_int8_for_inductor(optimized)
+        if lowered:
+            COMPILED[-1].notes.append(f"{lowered} dynamic int8 op(s) written out in ATen ops for Inductor (CPU)")
     _flatten_calling_convention(optimized)
     return optimized, keep
+
+
+# ------------------------------------------------------------------------------ int8 ops as ATen ops for Inductor
+
+
+def _quantize_rows_aten(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slimgraph::dynamic_quantize_per_token`` in plain ATen ops (its reference arithmetic), for Inductor."""
+    from .kernels.quantize import quantize_rows_reference
+
+    return quantize_rows_reference(x)
+
+
+def _layer_norm_quantize_rows_aten(x, normalized_shape, weight, bias, eps):
+    """``slimgraph::layer_norm_quantize_per_token`` in plain ATen ops (statistics in fp32, as the op)."""
+    from .kernels.quantize import quantize_rows_reference
+
+    f32 = (lambda t: None if t is None else t.to(torch.float32))  # noqa: E731
+    return quantize_rows_reference(torch.nn.functional.layer_norm(x.to(torch.float32), normalized_shape, f32(weight),
+                                                                  f32(bias), eps))
+
+
+def _qlinear_dynamic_aten(x, x_scale, w_kn, w_scale, bias, act: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """``slimgraph::qlinear_dynamic`` with the weight stored [K, N]: exact int32 sums by ``torch._int_mm``, then the
+    per-row and per-column scales, bias and activation in fp32 (the op's reference order), which Inductor fuses."""
+    from .kernels.epilogue import apply_activation
+
+    k, n = w_kn.shape
+    acc = torch._int_mm(x.reshape(-1, k), w_kn)
+    y = acc.to(torch.float32) * x_scale.reshape(-1, 1).to(torch.float32) * w_scale.reshape(-1).to(torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return apply_activation(y, act).to(out_dtype).reshape(*x.shape[:-1], n)
+
+
+def lower_int8_for_inductor(gm: fx.GraphModule) -> int:
+    """Rewrite, in place, the dynamic int8 ops of a CPU graph as calls that trace to ATen ops (see step 4 of the
+    module docstring). Only where ``torch._int_mm`` sums exactly on this CPU (``cpu_int8.int_mm_exact``) and every
+    int8 weight is a CPU constant; returns how many ops were rewritten (0: the graph is unchanged)."""
+    from .ir.graph_utils import get_attr_tensor
+    from .quant import cpu_int8
+
+    sgops = torch.ops.slimgraph
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (
+        sgops.dynamic_quantize_per_token.default, sgops.layer_norm_quantize_per_token.default,
+        sgops.qlinear_dynamic.default)]
+    if not nodes or not cpu_int8.int_mm_exact() or not _all_on_cpu(nodes):
+        return 0
+    count = 0
+    for node in nodes:
+        if node.target is sgops.qlinear_dynamic.default:
+            w_node = node.args[2]
+            w = get_attr_tensor(gm, w_node) if isinstance(w_node, fx.Node) and w_node.op == "get_attr" else None
+            if w is None or w.dim() != 2 or w.device.type != "cpu":
+                continue  # a weight computed in the graph keeps the custom op
+            name = f"{w_node.target.replace('.', '_')}_int8_kn"
+            if not hasattr(gm, name):
+                gm.register_buffer(name, w.t().contiguous())  # [K, N] row-major: _int_mm's fast layout, made once
+            with gm.graph.inserting_before(node):
+                kn = gm.graph.get_attr(name)
+            node.target = _qlinear_dynamic_aten
+            node.args = (node.args[0], node.args[1], kn, *node.args[3:])
+        elif node.target is sgops.dynamic_quantize_per_token.default:
+            node.target = _quantize_rows_aten
+        else:
+            node.target = _layer_norm_quantize_rows_aten
+        count += 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return count
+
+
+def _all_on_cpu(nodes: list[fx.Node]) -> bool:
+    for node in nodes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else (val,)
+        if any(not isinstance(v, torch.Tensor) or v.device.type != "cpu" for v in vals):
+            return False
+    return True
 
 
 def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:

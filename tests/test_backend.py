@@ -9,6 +9,7 @@ from helpers import assert_close_outputs, run
 
 import slimgraph as sg
 from slimgraph.errors import InputError
+from slimgraph.quant import cpu_int8
 from slimgraph.testing import ZOO, make
 
 sgb = importlib.import_module("slimgraph.backend")  # the package attribute is the sg.backend() factory
@@ -235,3 +236,47 @@ def test_quantized_models_from_the_api_compile_the_same_way():
         assert_close_outputs(compiled(*args, **kwargs), run(quantized, args, kwargs), rel=1e-5)
     _assert_slimgraph_ran(_since(before), fused=False)  # the int8 ops survive recapture: nothing left to fuse
     assert any(str(n.target).startswith("slimgraph.q") for n in _last().graph.graph.nodes)
+
+
+def _dynamic_int8_mlp():
+    model, args, _ = make("mlp")
+    return sg.quantize(model, args, scheme="w8a8-dynamic"), args
+
+
+@pytest.mark.skipif(not cpu_int8.int_mm_exact(), reason="torch._int_mm does not sum exactly on this CPU")
+def test_dynamic_int8_ops_written_out_for_inductor_match_the_ops():
+    """The CPU lowering for Inductor: per-token quantizer and int8 Linear as ATen calls (torch._int_mm + epilogue)."""
+    import copy
+
+    quantized, args = _dynamic_int8_mlp()
+    gm = copy.deepcopy(quantized)
+    ops_before = [str(n.target) for n in gm.graph.nodes if str(n.target).startswith("slimgraph.")]
+    assert sum(t.startswith("slimgraph.qlinear_dynamic") for t in ops_before) == 3, ops_before
+    assert sgb.lower_int8_for_inductor(gm) == len(ops_before)
+    assert not any(str(n.target).startswith("slimgraph.") for n in gm.graph.nodes)
+    kn = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target.endswith("_int8_kn")]
+    assert len(kn) == 3 and all(getattr(gm, n.target).is_contiguous() for n in kn)
+    with torch.no_grad():
+        # the same integers and the same fp32 epilogue order: equal up to float32 rounding
+        torch.testing.assert_close(gm(*args), quantized(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_lowering_leaves_graphs_without_dynamic_int8_ops_alone():
+    model, args, _ = make("mlp")
+    gm = sg.capture(model, args)
+    code = gm.code
+    assert sgb.lower_int8_for_inductor(gm) == 0 and gm.code == code
+
+
+@pytest.mark.skipif(not cpu_int8.int_mm_exact(), reason="torch._int_mm does not sum exactly on this CPU")
+def test_int8_model_compiles_under_inductor_with_the_lowering():
+    quantized, args = _dynamic_int8_mlp()
+    compiled = _compile(quantized, {"inner": "inductor"})
+    with torch.no_grad():
+        out = compiled(*args)
+    record = _last()
+    assert record.fallback is None, record.fallback
+    assert any("written out in ATen ops for Inductor" in note for note in record.notes), record.notes
+    assert not any(str(n.target).startswith("slimgraph.q") for n in record.graph.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(out, quantized(*args), rtol=1e-4, atol=1e-4)
