@@ -2,20 +2,25 @@
 
     python -m bench.cpu_speed [--rounds 15] [--threads N] [--skip onnx,torchao,widths] [--out bench/results]
 
+Results go to a scratch directory unless ``--out`` is given (``--out bench/results`` replaces the committed ones).
+
 Targets (all against baselines timed in the same run, interleaved):
   1. ResNet-18 (hand-written here, torchvision's layout; batch 1, 3x224x224) pruned to 0.5 of its channels by
      ``sg.prune``: >= 1.3x faster than the original in eager PyTorch.
   2. the same ResNet-18 quantized by ``sg.quantize(scheme="w8a8")``: >= 1.5x faster than fp32 eager.
   3. all-MiniLM-L6-v2 (real weights, held-out text, batch 8 x 32 tokens) quantized by
      ``sg.quantize(scheme="w8a8-dynamic")``: latency <= torchao's Int8DynamicActivationInt8WeightConfig, compared
-     like for like: both eager, and both under ``torch.compile`` (Inductor, the way torchao is meant to run; our
-     int8 ops stay opaque custom ops there, Inductor fuses the float ops around them).
+     like for like: both eager, and both under Inductor (the way torchao is meant to run). Ours goes through
+     ``torch.compile(model, backend="slimgraph")``, whose inner compiler is Inductor and which first writes the
+     dynamic int8 ops out in ATen ops on CPU so Inductor fuses them (``sg-w8a8-dynamic+sg-backend``); plain
+     ``torch.compile(model)`` (``sg-w8a8-dynamic+inductor``, our ops opaque there) is timed beside it.
   4. both models exported by ``sg.export_onnx`` (fp32 and int8): the int8 ONNX >= 1.5x faster than the fp32 ONNX in
      onnxruntime (CPU provider, all graph optimizations); the int8 ops ORT's optimizer fused to are listed.
 
-Timing: every variant of a model is called in turn (ABC ABC ...) after a warm-up, so load from other processes
-falls on all of them alike; the median and the interquartile range of each are reported, and a ratio counts as
-met only when the ratio of medians reaches the target. The load average is recorded before and after: on a
+Timing (:func:`bench.harness.time_variants`): every variant of a model is called in turn, in an order that rotates
+from round to round (ABC BCA CAB ...), after a warm-up, so load from other processes falls on all of them alike;
+the median and the interquartile range of each are reported, and a ratio counts as met only when the ratio of
+medians reaches the target. The load average is recorded before and after: on a
 shared machine it is what makes figures move. Also measured: latency of one conv and one linear layer against
 their output width (fp32 and int8), the evidence for the pruning width rounding.
 
@@ -24,12 +29,9 @@ Outputs ``cpu-speed.json``, ``cpu-speed.md`` and ``cpu-speed.png`` under ``--out
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.run_meta import describe_commit
+from bench import harness
+
+SUITE = "cpu-speed"
 
 TARGETS = [
     # (id, model, candidate, baseline, needed ratio, text)
@@ -49,7 +53,7 @@ TARGETS = [
     ("2", "resnet18", "int8-w8a8", "fp32-eager", 1.5, "int8 ResNet-18 >= 1.5x fp32 eager"),
     ("3", "minilm", "sg-w8a8-dynamic", "torchao-int8-dynamic", 1.0,
      "MiniLM w8a8-dynamic >= torchao int8-dynamic (eager) on latency"),
-    ("3", "minilm", "sg-w8a8-dynamic+inductor", "torchao-int8-dynamic+inductor", 1.0,
+    ("3", "minilm", "sg-w8a8-dynamic+sg-backend", "torchao-int8-dynamic+inductor", 1.0,
      "MiniLM w8a8-dynamic >= torchao int8-dynamic, both under Inductor, on latency"),
     ("4", "resnet18", "onnx-int8", "onnx-fp32", 1.5, "ResNet-18 int8 ONNX >= 1.5x fp32 ONNX in onnxruntime"),
     ("4", "minilm", "onnx-int8", "onnx-fp32", 1.5, "MiniLM int8 ONNX >= 1.5x fp32 ONNX in onnxruntime"),
@@ -110,25 +114,15 @@ def resnet18() -> ResNet18:
 # ----------------------------------------------------------------------------------------------------- timing
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Milliseconds per call of each fn, called in turn (ABC ABC ...) so that load drifts hit all of them."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.no_grad():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> harness.TimingRun:
+    """Every fn timed ``rounds`` times, in rotating order (ABC BCA ...) so that load drifts hit all of them."""
+    # min_rounds = rounds: a loaded machine must not quietly cut the rounds the result states
+    return harness.time_variants(fns, warmup=warmup, rounds=rounds, min_rounds=rounds, max_seconds=float("inf"))
 
 
-def summary(samples: list[float]) -> dict:
-    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "min_ms": min(samples), "max_ms": max(samples),
-            "n": len(samples)}
+def summary(t: harness.Timing) -> dict:
+    return {"median_ms": t.median_ms, "q1_ms": t.q1_ms, "q3_ms": t.q3_ms, "min_ms": t.min_ms, "max_ms": t.max_ms,
+            "n": len(t.samples_ms)}
 
 
 def speedup(base: dict, cand: dict) -> dict:
@@ -220,6 +214,7 @@ def minilm_case(rounds: int, threads: int, skip: set, work: Path) -> dict:
     models: dict[str, nn.Module] = {"fp32-eager": encoder, "sg-w8a8-dynamic": int8}
     torch._dynamo.reset()
     models["sg-w8a8-dynamic+inductor"] = torch.compile(int8)
+    models["sg-w8a8-dynamic+sg-backend"] = torch.compile(int8, backend="slimgraph")
     notes = {}
     if "torchao" not in skip:
         try:
@@ -241,6 +236,11 @@ def minilm_case(rounds: int, threads: int, skip: set, work: Path) -> dict:
         onnx_fns, onnx_out, ops = onnx_variants("minilm", encoder, int8, (ids, mask), threads, work)
         fns.update(onnx_fns)
         outputs.update(onnx_out)
+    from slimgraph.backend import COMPILED
+
+    notes["slimgraph backend"] = "; ".join(dict.fromkeys(
+        note for record in COMPILED for note in ([f"fell back: {record.fallback}"] if record.fallback else [])
+        + record.notes)) or "no notes"
     result = _measure("minilm", "all-MiniLM-L6-v2, real weights, held-out text, batch 8 x 32 tokens", fns, outputs,
                       "fp32-eager", rounds, ops)
     result["notes"] = notes
@@ -249,12 +249,13 @@ def minilm_case(rounds: int, threads: int, skip: set, work: Path) -> dict:
 
 def _measure(name, inputs, fns, outputs, base, rounds, ops) -> dict:
     print(f"[{name}] timing {', '.join(fns)} ({rounds} interleaved rounds)", flush=True)
-    times = interleaved(fns, rounds)
-    stats = {v: summary(t) for v, t in times.items()}
+    run = interleaved(fns, rounds)
+    stats = {v: summary(t) for v, t in run.timings.items()}
     reference = outputs[base]
     rows = {v: {**stats[v], "vs_fp32_eager": speedup(stats[base], stats[v]),
                 "cosine_vs_fp32": cosine(outputs[v], reference)} for v in fns}
-    return {"model": name, "inputs": inputs, "rows": rows, "onnx_ops": ops}
+    return {"model": name, "inputs": inputs, "rows": rows, "onnx_ops": ops,
+            "load": [list(run.load_before), list(run.load_after)], "seconds": run.seconds}
 
 
 def width_case(rounds: int) -> dict:
@@ -282,8 +283,9 @@ def width_case(rounds: int) -> dict:
         fns[f"linear-int8-{c * 4}"] = lambda lq=lq, ls=ls: sgops.qlinear_static(
             qa, a_s, lq, ls, None, "none", None, torch.float32)
     print(f"[widths] timing {len(fns)} layer variants ({rounds} interleaved rounds)", flush=True)
-    times = interleaved(fns, rounds)
-    return {"widths": widths, "rows": {k: summary(v) for k, v in times.items()}}
+    run = interleaved(fns, rounds)
+    return {"widths": widths, "rows": {k: summary(t) for k, t in run.timings.items()},
+            "load": [list(run.load_before), list(run.load_after)]}
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -301,12 +303,27 @@ def evaluate_targets(cases: dict) -> list[dict]:
     for tid, model, cand, base, needed, text in TARGETS:
         rows = cases.get(model, {}).get("rows", {})
         if cand not in rows or base not in rows:
-            out.append({"target": tid, "text": text, "needed": needed, "measured": None, "met": None})
+            out.append({"target": tid, "model": model, "text": text, "needed": needed, "measured": None,
+                        "met": None})
             continue
         r = speedup(rows[base], rows[cand])
-        out.append({"target": tid, "text": text, "needed": needed, "measured": r["ratio"], "low": r["low"],
+        out.append({"target": tid, "model": model, "text": text, "needed": needed, "measured": r["ratio"],
+                    "low": r["low"],
                     "high": r["high"], "met": r["ratio"] >= needed})
     return out
+
+
+def _short(t: dict) -> str:
+    """How far a missed target is: the median ratio, the needed one, and the factor still missing."""
+    return (f"median {t['measured']:.2f}x (IQR range {t['low']:.2f}-{t['high']:.2f}) against {t['needed']:.2f}x "
+            f"needed: short by {t['needed'] - t['measured']:.2f}x, a further {t['needed'] / t['measured']:.2f}x")
+
+
+def _cpu_note() -> str:
+    from slimgraph.quant import cpu_int8
+
+    return ("this CPU sums int8 products exactly in the uint8 x int8 kernels (AVX-512 VNNI)" if not cpu_int8.saturates()
+            else "this CPU's uint8 x int8 kernels saturate int16 pair sums (x86 without VNNI)")
 
 
 def analysis(result: dict) -> list[str]:
@@ -314,64 +331,81 @@ def analysis(result: dict) -> list[str]:
     notes = []
     meta = result["meta"]
     if meta["threads"] < (meta["cores"] or 1):
-        notes.append(f"- Run with {meta['threads']} torch/ORT thread(s) on {meta['cores']} cores: with the load "
-                     "average above, multi-threaded kernels spend most of their time waiting for a second core "
-                     "at every parallel-region barrier, which swamps the differences measured here.")
+        notes.append(f"- Run with {meta['threads']} torch/ORT thread(s) on {meta['cores']} cores: on this shared "
+                     "machine (load above), multi-threaded kernels spend much of their time waiting for a second "
+                     "core at every parallel-region barrier, which swamps the differences measured here.")
+    minilm = result["cases"].get("minilm", {}).get("rows", {})
+    if {"sg-w8a8-dynamic+inductor", "torchao-int8-dynamic+inductor"} <= set(minilm):
+        r = speedup(minilm["torchao-int8-dynamic+inductor"], minilm["sg-w8a8-dynamic+inductor"])
+        notes.append(
+            f"- Target 3 under Inductor is read on `torch.compile(model, backend=\"slimgraph\")` (inner compiler "
+            "Inductor), which on CPU writes the dynamic int8 ops out in ATen ops (per-token quantizer, "
+            "`torch._int_mm`, fp32 scale/bias/activation epilogue) so that Inductor fuses the quantizer and the "
+            "epilogue with their neighbours, as it does for torchao's traced ops. Plain `torch.compile(model)` of "
+            "the sg.quantize output keeps our int8 ops opaque (a Python custom-op call, and separate passes over "
+            f"memory for the quantizer and the epilogue, around each GEMM): {_fmt_ratio(r)} against torchao under "
+            "Inductor in this run.")
     for t in result["targets"]:
         if t["met"] is not False:
             continue
-        ops = result["cases"].get("resnet18" if "ResNet" in t["text"] else "minilm", {}).get("onnx_ops", {})
+        ops = result["cases"].get(t["model"], {}).get("onnx_ops", {})
         int8_ops = ops.get("onnx-int8", {})
-        if t["target"] == "4" and "ResNet" in t["text"]:
+        if t["target"] == "4" and t["model"] == "resnet18":
             notes.append(
-                f"- Target 4, ResNet-18: missed by {t['needed'] - t['measured']:.2f}x. ORT's optimized int8 graph: "
-                f"{int8_ops}. ORT forms QLinearConv only for a conv whose output is requantized (Conv -> Q) and "
-                "whose input is a requantized Relu output (on this AVX2 CPU without VNNI ORT's uint8 x int8 kernels "
-                "saturate int16 pair sums for other inputs; see slimgraph/quant/onnx_ops.py). sg.quantize gives "
-                "an int8 epilogue only to the first conv of each block, which reads the block input (a symmetric "
-                "int8 tensor, kept in float); the second, stem and shortcut convs write float for the residual "
-                "add, which has no calibrated scale. Closing the gap needs calibrated scales for those conv "
-                "outputs / residual adds in the quantization pass.")
+                f"- Target 4, ResNet-18: {_short(t)}. ORT's optimized int8 graph holds no QLinearConv: {int8_ops}. "
+                "Every conv still runs in float, now behind extra Q/DQ (and Cast x scale) work, so the int8 file is "
+                "slower than the fp32 one. Why, conv by conv, in the exported graph: ORT forms QLinearConv only for "
+                "DQ(x) -> Conv -> Q. (a) The second conv of each block, the stem conv and the shortcut convs feed "
+                "the residual add in float: sg.quantize calibrates no scale for a conv output that an add "
+                "consumes, so there is no Q after them. (b) The first conv of each block (and the shortcut) reads "
+                "the block input, quantized signed and symmetric (zero point 0); the ORT export form "
+                "(slimgraph/quant/onnx_ops.py, for_onnxruntime) dequantizes such inputs by Cast x scale and keeps a "
+                "float conv, because on x86 CPUs without VNNI ORT's uint8 x int8 kernels saturate for inputs "
+                f"beyond [0, 127] and the file must be right on every CPU ({_cpu_note()}). The block input is a "
+                "Relu output, i.e. non-negative, but the quantizer sits before that Relu in the graph, so the "
+                "export does not see it. Closing the gap needs (quant pass) calibrated scales for conv outputs "
+                "that feed residual adds, making the add an int8 add (QLinearAdd / DQ-Add-Q), and (ONNX export) "
+                "the block input written as a Relu output with zero point -128 so that QLinearConv may read it.")
         elif t["target"] == "4":
             notes.append(
-                f"- Target 4, MiniLM: missed by {t['needed'] - t['measured']:.2f}x. ORT's optimized int8 graph: "
-                f"{int8_ops}. The Linears run as exact uint8 x uint8 MatMulInteger (ORT's uint8 x int8 kernels "
-                "saturate on this AVX2 CPU without VNNI; uint8 x uint8 is slower), and the per-token quantizer "
-                "(Abs/ReduceMax/Div/QuantizeLinear) and the float rescale run as separate ORT nodes; attention "
-                "stays float.")
+                f"- Target 4, MiniLM: {_short(t)}. ORT's optimized int8 graph: {int8_ops}. The Linears run as exact "
+                "uint8 x uint8 MatMulInteger (the export avoids uint8 x int8, which saturates on CPUs without VNNI; "
+                f"{_cpu_note()}, where uint8 x int8 would run the faster kernels); the per-token quantizer "
+                "(Abs/ReduceMax/Div/QuantizeLinear) and the float rescale of each GEMM run as separate ORT nodes, "
+                "since ORT fuses the dequantizing rescale (MatMulIntegerToFloat / DynamicQuantizeMatMul) only for "
+                "one activation scale per tensor, not per row; attention (MatMul / FusedMatMul) stays float.")
         elif t["target"] == "3":
             notes.append(
-                f"- Target 3 ({t['text']}): missed by {t['needed'] - t['measured']:.2f}x. Under Inductor, "
-                "torchao's int8 GEMM and its per-token quantize/rescale are traced ops that Inductor fuses into "
-                "generated kernels; our int8 ops are opaque custom ops, so the per-token quantizer and the rescale "
-                "epilogue around each oneDNN call run as separate passes over memory.")
+                f"- Target 3 ({t['text']}): {_short(t)}. The GEMMs are the same `torch._int_mm` calls on both sides "
+                "in eager and under Inductor; what differs is the work around them (quantizer, epilogue, Python "
+                "custom-op calls in eager) and, on this shared machine, load: see the spread.")
         elif t["target"] in ("1", "2"):
-            notes.append(f"- Target {t['target']}: missed by {t['needed'] - t['measured']:.2f}x at this load; "
-                         "see the spread in the table.")
+            notes.append(f"- Target {t['target']}: {_short(t)} at this load; see the spread in the table.")
     return notes
 
 
-def write_markdown(result: dict, path: Path) -> None:
+def write_markdown(result: dict) -> list[str]:
     meta = result["meta"]
     lines = [
-        "# CPU speed targets (issue 12)", "",
-        f"Command: `{meta['command']}`", "",
-        f"{meta['cpu']}, {meta['threads']} torch threads, torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, "
-        f"torchao {meta['torchao']}, commit {meta['commit']}; int8 Linear/Conv through oneDNN: {meta['onednn_int8']}",
-        "",
-        f"Load average (1/5/15 min) before: {meta['load_before']}, after: {meta['load_after']} on {meta['cores']} "
-        "cores. The machine is shared: other processes run during the measurement, so every variant of a model is "
-        "timed in turn (interleaved) and the spread is shown.", "",
+        "# CPU speed targets (issue 12)", "", *harness.meta_lines(meta),
+        f"- {meta['cpu']}, {meta['cores']} cores, {meta['threads']} torch/ORT threads; int8 Linear/Conv through "
+        f"oneDNN: {meta['onednn_int8']}; int8 ONNX exported in the `for_onnxruntime()` form", "",
+        "The machine is shared: other processes run during the measurement, so every variant of a model is timed in "
+        "turn (rotating order) and the spread is shown. A target is met when the ratio of MEDIANS reaches it; the "
+        "range in brackets pairs the two variants' quartiles worst and best. Load per model: the 1-minute load "
+        "average before and after its timing.", "",
         "## Targets", "",
-        "| # | target | needed | measured (IQR range) | met |", "|---|---|---|---|---|",
+        "| # | target | needed | measured: median (IQR range) | load | met |", "|---|---|---|---|---|---|",
     ]
     for t in result["targets"]:
         if t["measured"] is None:
-            lines.append(f"| {t['target']} | {t['text']} | {t['needed']}x | not measured | - |")
+            lines.append(f"| {t['target']} | {t['text']} | {t['needed']}x | not measured | - | - |")
             continue
         met = "yes" if t["met"] else f"**no** (short by {t['needed'] - t['measured']:.2f}x)"
+        load = result["cases"][t["model"]].get("load")
+        load = f"{load[0][0]:.2f} / {load[1][0]:.2f}" if load else "-"
         lines.append(f"| {t['target']} | {t['text']} | {t['needed']}x | {t['measured']:.2f}x "
-                     f"({t['low']:.2f}-{t['high']:.2f}) | {met} |")
+                     f"({t['low']:.2f}-{t['high']:.2f}) | {load} | {met} |")
     for case in result["cases"].values():
         lines += ["", f"## {case['model']}: {case['inputs']}", "",
                   "| variant | median ms | IQR ms | min-max ms | vs fp32 eager | cosine vs fp32 eager |",
@@ -398,7 +432,7 @@ def write_markdown(result: dict, path: Path) -> None:
                          f"{r[f'linear-int8-{4 * c}']['median_ms']:.3f} |")
     if result.get("analysis"):
         lines += ["", "## Notes", "", *result["analysis"]]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def write_plot(result: dict, path: Path) -> None:
@@ -436,12 +470,11 @@ def _versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.script_parser(__doc__, SUITE)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed calls per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT threads (default: torch's)")
     parser.add_argument("--skip", default="", help="comma-separated: resnet18,minilm,onnx,torchao,widths")
     parser.add_argument("--round-to", type=int, default=8, help="sg.prune round_to for target 1")
-    parser.add_argument("--out", default="bench/results", help="directory for cpu-speed.{json,md,png}")
     parser.add_argument("--name", default="cpu-speed", help="file stem of the outputs")
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -450,10 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     from slimgraph.quant import cpu_int8
 
-    meta = {"command": "python -m bench.cpu_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "cpu": f"{platform.machine()} {platform.processor() or ''}".strip(), "cores": os.cpu_count(),
-            "threads": threads, "commit": describe_commit(), "onednn_int8": cpu_int8.available(),
-            "load_before": [round(v, 2) for v in os.getloadavg()], **_versions()}
+    start = time.perf_counter()
+    versions = _versions()
+    meta = harness.run_metadata("bench.cpu_speed", argv, cpu=f"{platform.machine()} {platform.processor() or ''}"
+                                .strip(), cores=os.cpu_count(), threads=threads, onednn_int8=cpu_int8.available(),
+                                **versions)
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
         if "resnet18" not in skip:
@@ -463,13 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {"meta": meta, "cases": cases}
     if "widths" not in skip:
         result["widths"] = width_case(args.rounds)
-    meta["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    harness.finish_metadata(meta, start)
     result["targets"] = evaluate_targets(cases)
     result["analysis"] = analysis(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, out / f"{args.name}.md")
+    harness.write_results(out, args.name, result, write_markdown(result))
     if cases:
         write_plot(result, out / f"{args.name}.png")
     for t in result["targets"]:
