@@ -2,13 +2,13 @@
 
 The one table formatter (:func:`format_table`) and what the per-pass reports share: :class:`PassReport` (summary
 line, layer table, notes, JSON form), :func:`last_pass_report` (the newest report of a kind in a graph's pass
-history) and :class:`LeftOut` / :func:`coverage_summary` (the "honest coverage" line of quant and prune).
+history) and :class:`WeightCoverage` (the "honest coverage" figure of quant and prune).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, NamedTuple, TypeVar
 
 import torch
 import torch.fx as fx
@@ -163,10 +163,41 @@ class LeftOut(NamedTuple):
     reason: str
 
 
-def coverage_summary(fraction: float, reached: int, total: int, where: str, left_out: list[LeftOut],
-                     left_as: str, limit: int = 3) -> str:
-    """``"93.1% of GEMM weight parameters in int8 (931 of 1,000); biggest left in float: fc (69): why"``."""
-    head = f"{100 * fraction:.1f}% of GEMM weight parameters {where} ({reached:,} of {total:,})"
-    if left_out:
-        head += f"; biggest {left_as}: " + "; ".join(f"{x.name} ({x.numel:,}): {x.reason}" for x in left_out[:limit])
-    return head
+@dataclass
+class WeightCoverage:
+    """How many GEMM weight parameters a compression reaches, of all of them, and the biggest it left out.
+
+    Counted in parameters, not layers: one 4096x4096 Linear weighs more than a hundred small ones. Subclasses
+    name what "reached" means (``reached_as``) and what the others are (``left_as``).
+    """
+
+    reached_params: int = 0
+    total_params: int = 0
+    left_out: list[LeftOut] = field(default_factory=list)  # biggest first once sorted by finish()
+
+    reached_as: ClassVar[str] = "reached"
+    left_as: ClassVar[str] = "left out"
+
+    @property
+    def fraction(self) -> float:
+        return self.reached_params / self.total_params if self.total_params else 1.0
+
+    def count(self, name: str, numel: int, reached: bool, reason: str = "") -> None:
+        self.total_params += numel
+        if reached:
+            self.reached_params += numel
+        else:
+            self.left_out.append(LeftOut(name, numel, reason))
+
+    def finish(self):
+        self.left_out.sort(key=lambda x: -x.numel)
+        return self
+
+    def summary(self, limit: int = 3) -> str:
+        """``"93.1% of GEMM weight parameters in int8 (931 of 1,000); biggest left in float: fc (69): why"``."""
+        head = (f"{100 * self.fraction:.1f}% of GEMM weight parameters {self.reached_as} "
+                f"({self.reached_params:,} of {self.total_params:,})")
+        if self.left_out:
+            head += f"; biggest {self.left_as}: " + "; ".join(f"{x.name} ({x.numel:,}): {x.reason}"
+                                                              for x in self.left_out[:limit])
+        return head

@@ -8,29 +8,22 @@ or "no pruning unit reaches it" when the analysis gave the tensor no labels at a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch.fx as fx
 
 from ..ir.graph_utils import gemm_weight_consumer, get_attr_tensor
-from ..report import LeftOut, coverage_summary
+from ..report import WeightCoverage
 from .analysis import Analysis, Group
 
 
-@dataclass
-class PruneCoverage:
-    covered_params: int = 0
-    total_params: int = 0
-    left_out: list[LeftOut] = field(default_factory=list)  # biggest first
+class PruneCoverage(WeightCoverage):
+    reached_as: ClassVar[str] = "in a prunable group"
 
     @property
-    def fraction(self) -> float:
-        return self.covered_params / self.total_params if self.total_params else 1.0
-
-    def summary(self, limit: int = 3) -> str:
-        return coverage_summary(self.fraction, self.covered_params, self.total_params, "in a prunable group",
-                                self.left_out, "left out", limit)
+    def covered_params(self) -> int:
+        return self.reached_params
 
 
 def prune_coverage(a: Analysis, candidates: list[Group]) -> PruneCoverage:
@@ -56,10 +49,9 @@ def prune_coverage(a: Analysis, candidates: list[Group]) -> PruneCoverage:
         if t is None or t.dim() < 2 or not t.is_floating_point() or gemm_weight_consumer(node) is None:
             continue
         seen.add(node.target)
-        cov.total_params += t.numel()
         groups = groups_of.get(str(node.target), set())
         if groups & prunable:
-            cov.covered_params += t.numel()
+            cov.count(str(node.target), t.numel(), reached=True)
             continue
         reasons = [r for i in sorted(groups) for r in by_index[i].blocked[:1]]
         if not groups:
@@ -68,6 +60,5 @@ def prune_coverage(a: Analysis, candidates: list[Group]) -> PruneCoverage:
             why = reasons[0]
         else:
             why = "its groups hold a single unit or were ignored"
-        cov.left_out.append(LeftOut(str(node.target), t.numel(), why))
-    cov.left_out.sort(key=lambda x: -x.numel)
-    return cov
+        cov.count(str(node.target), t.numel(), reached=False, reason=why)
+    return cov.finish()

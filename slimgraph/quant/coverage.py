@@ -9,31 +9,31 @@ GEMMs, and are left out of both sides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.fx as fx
 
 from ..ir.graph_utils import gemm_weight_consumer, get_attr_tensor, op_name
-from ..report import LeftOut, coverage_summary
+from ..report import WeightCoverage
 
 aten = torch.ops.aten
 sgops = torch.ops.slimgraph
 
-@dataclass
-class Coverage:
-    int8_params: int = 0
-    float_params: int = 0
-    left_out: list[LeftOut] = field(default_factory=list)  # biggest first
+
+class Coverage(WeightCoverage):
+    """GEMM weight parameters in int8 (``int8_params``) vs left in float (``float_params``)."""
+
+    reached_as: ClassVar[str] = "in int8"
+    left_as: ClassVar[str] = "left in float"
 
     @property
-    def fraction(self) -> float:
-        total = self.int8_params + self.float_params
-        return self.int8_params / total if total else 1.0
+    def int8_params(self) -> int:
+        return self.reached_params
 
-    def summary(self, limit: int = 3) -> str:
-        return coverage_summary(self.fraction, self.int8_params, self.int8_params + self.float_params, "in int8",
-                                self.left_out, "left in float", limit)
+    @property
+    def float_params(self) -> int:
+        return self.total_params - self.reached_params
 
 
 def _int8_gemm_ops() -> set:
@@ -70,7 +70,7 @@ def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = No
         if t.dtype == torch.int8:
             if any(u.op == "call_function" and u.target in int8_ops for u in node.users) or _dequantized_weight(node):
                 seen.add(node.target)
-                cov.int8_params += t.numel()
+                cov.count(str(node.target), t.numel(), reached=True)
             continue
         if not t.is_floating_point():
             continue
@@ -78,9 +78,7 @@ def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = No
         if consumer is None:
             continue
         seen.add(node.target)
-        cov.float_params += t.numel()
         why = reasons.get(consumer.name) or f"read by {op_name(consumer.target)} ({consumer.name}), which has no " \
                                              "int8 rewrite"
-        cov.left_out.append(LeftOut(str(node.target), t.numel(), why))
-    cov.left_out.sort(key=lambda x: -x.numel)
-    return cov
+        cov.count(str(node.target), t.numel(), reached=False, reason=why)
+    return cov.finish()
