@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,18 +37,20 @@ from typing import Any
 
 import torch
 
-from bench.run_meta import describe_commit
 from slimgraph.timing import Ratio, Timing, TimingRun, speedup, time_interleaved
 
-__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "figure", "finish_figure",
-           "finish_metadata", "human", "load_average", "md_table", "meta_lines", "run_metadata", "save_figure",
-           "scatter_chart", "scratch_dir", "script_parser", "settle_threads", "speedup", "target_line",
-           "time_variants", "time_variants_quietly", "version", "write_results"]
+__all__ = ["Ratio", "Timing", "TimingRun", "add_out_argument", "bar_chart", "describe_commit", "figure",
+           "finish_figure", "finish_metadata", "human", "load_average", "md_table", "meta_lines", "run_metadata",
+           "save_figure", "scatter_chart", "scratch_dir", "script_parser", "settle_threads", "speedup",
+           "target_line", "time_variants", "time_variants_quietly", "version", "write_results"]
 
 # environment variables that change what a bench measures; a result records those that are set
 RECORDED_ENV = ("TRITON_INTERPRET", "SLIMGRAPH_AUTOTUNE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 # versions a result records when the run used the tool (run_metadata(..., torch_pruning=...)); meta_lines shows them
 OPTIONAL_VERSIONS = ("torch_pruning", "torchao", "onnx", "onnxruntime")
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def scratch_dir(suite: str) -> Path:
@@ -95,6 +98,26 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"CPU {platform.machine()} ({platform.processor() or 'unknown'}), {os.cpu_count()} cores"
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(short commit hash, tracked files under slimgraph/ or bench/ differ from it); Nones outside a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "slimgraph", "bench"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return commit or None, bool(status)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def describe_commit() -> str:
+    """``abc1234``, ``abc1234 (+ uncommitted changes)`` or ``unknown``: where a result came from."""
+    commit, dirty = git_state()
+    if commit is None:
+        return "unknown"
+    return commit + (" (+ uncommitted changes)" if dirty else "")
 
 
 def run_metadata(module: str, argv: list[str] | None, **extra: Any) -> dict[str, Any]:

@@ -269,7 +269,7 @@ def cmd_export(args) -> int:
 
 def bench_suites(root: Path) -> list[str]:
     """The runnable suites of a source checkout's bench/: every module there with a ``main(argv)``."""
-    helpers = {"__init__", "harness", "prune_common", "run_meta", "shapes"}
+    helpers = {"__init__", "harness", "prune_common", "shapes"}
     return sorted(p.stem for p in (root / "bench").glob("*.py")
                   if p.stem not in helpers and "\ndef main(" in p.read_text(encoding="utf-8"))
 
