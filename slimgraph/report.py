@@ -7,6 +7,7 @@ history) and :class:`WeightCoverage` (the "honest coverage" figure of quant and 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, NamedTuple, TypeVar
 
@@ -182,7 +183,22 @@ class WeightCoverage:
     def fraction(self) -> float:
         return self.reached_params / self.total_params if self.total_params else 1.0
 
+    def uncounted_weights(self, gm: fx.GraphModule) -> Iterator[tuple[fx.Node, torch.Tensor]]:
+        """The get_attr nodes of rank >= 2 tensors whose attribute is not counted yet, with their tensors: a tied
+        weight read through several get_attr nodes counts once, at the first node that :meth:`count` takes."""
+        for node in gm.graph.nodes:
+            if node.op != "get_attr" or str(node.target) in self._counted():
+                continue
+            t = get_attr_tensor(gm, node)
+            if t is not None and t.dim() >= 2:
+                yield node, t
+
+    def _counted(self) -> set[str]:
+        # not a field: as_dict() / JSON reports carry the figures, not the bookkeeping
+        return self.__dict__.setdefault("_counted_names", set())
+
     def count(self, name: str, numel: int, reached: bool, reason: str = "") -> None:
+        self._counted().add(name)
         self.total_params += numel
         if reached:
             self.reached_params += numel

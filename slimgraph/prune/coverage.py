@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import torch.fx as fx
 
-from ..ir.graph_utils import gemm_weight_consumer, get_attr_tensor
+from ..ir.graph_utils import gemm_weight_consumer
 from ..report import WeightCoverage
 from .analysis import Analysis, Group
 
@@ -41,14 +41,9 @@ def prune_coverage(a: Analysis, candidates: list[Group]) -> PruneCoverage:
         idx = group_of_root[a.uf.find_all(np.asarray(m.labels).ravel())]
         groups_of.setdefault(str(m.target), set()).update(int(i) for i in np.unique(idx) if i >= 0)
     cov = PruneCoverage()
-    seen: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op != "get_attr" or node.target in seen:
+    for node, t in cov.uncounted_weights(gm):
+        if not t.is_floating_point() or gemm_weight_consumer(node) is None:
             continue
-        t = get_attr_tensor(gm, node)
-        if t is None or t.dim() < 2 or not t.is_floating_point() or gemm_weight_consumer(node) is None:
-            continue
-        seen.add(node.target)
         groups = groups_of.get(str(node.target), set())
         if groups & prunable:
             cov.count(str(node.target), t.numel(), reached=True)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 import torch.fx as fx
 
-from ..ir.graph_utils import gemm_weight_consumer, get_attr_tensor, op_name
+from ..ir.graph_utils import gemm_weight_consumer, op_name
 from ..report import WeightCoverage
 
 aten = torch.ops.aten
@@ -60,16 +60,9 @@ def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = No
     reasons = reasons or {}
     cov = Coverage()
     int8_ops = _int8_gemm_ops()
-    seen: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op != "get_attr" or node.target in seen:
-            continue
-        t = get_attr_tensor(gm, node)
-        if t is None or t.dim() < 2:
-            continue
+    for node, t in cov.uncounted_weights(gm):
         if t.dtype == torch.int8:
             if any(u.op == "call_function" and u.target in int8_ops for u in node.users) or _dequantized_weight(node):
-                seen.add(node.target)
                 cov.count(str(node.target), t.numel(), reached=True)
             continue
         if not t.is_floating_point():
@@ -77,7 +70,6 @@ def gemm_weight_coverage(gm: fx.GraphModule, reasons: dict[str, str] | None = No
         consumer = gemm_weight_consumer(node)
         if consumer is None:
             continue
-        seen.add(node.target)
         why = reasons.get(consumer.name) or f"read by {op_name(consumer.target)} ({consumer.name}), which has no " \
                                              "int8 rewrite"
         cov.count(str(node.target), t.numel(), reached=False, reason=why)
