@@ -157,3 +157,26 @@ def test_kernels_cpu_run_times_each_shape_interleaved(tmp_path, monkeypatch):
     assert len(payload["timing"]) == len(shapes) and all("5 interleaved rounds" in t for t in payload["timing"])
     assert "ms median (IQR)" in (tmp_path / "kernels-cpu.md").read_text()
     assert (tmp_path / "kernels-cpu.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metadata_records_the_environment_that_changes_a_measurement(monkeypatch):
+    from bench import harness
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("SLIMGRAPH_AUTOTUNE", raising=False)
+    meta = harness.run_metadata("bench.example", ["--quick"])
+    assert meta["env"]["TRITON_INTERPRET"] == "1" and "SLIMGRAPH_AUTOTUNE" not in meta["env"]
+    assert harness.meta_lines(meta)[0] == "- command: `TRITON_INTERPRET=1 python -m bench.example --quick`"
+
+
+def test_settle_threads_is_reported_and_says_when_the_pool_never_settled(monkeypatch):
+    from bench import harness
+
+    monkeypatch.setattr(harness, "_SETTLED", {})
+    monkeypatch.setattr(harness, "_cpu_pool_idle", lambda: False)
+    monkeypatch.setattr(harness, "_probe_gemm", lambda: lambda: __import__("time").sleep(0.002))
+    seen = harness.settle_threads(calls=3, max_seconds=0.05)
+    assert seen["settled"] is False and seen["calls"] >= 3
+    meta = harness.finish_metadata(harness.run_metadata("bench.example", []), 0.0)
+    assert meta["thread_pool"]["settled"] is False
+    assert any("did NOT settle" in line for line in harness.meta_lines(meta))
