@@ -322,7 +322,7 @@ def _short(t: dict) -> str:
 def _cpu_note() -> str:
     from slimgraph.quant import cpu_int8
 
-    return ("this CPU sums int8 products exactly in the uint8 x int8 kernels (AVX-512 VNNI)" if not cpu_int8.saturates()
+    return ("this CPU (AVX-512 VNNI) sums uint8 x int8 products exactly" if not cpu_int8.saturates()
             else "this CPU's uint8 x int8 kernels saturate int16 pair sums (x86 without VNNI)")
 
 
@@ -355,23 +355,24 @@ def analysis(result: dict) -> list[str]:
                 f"- Target 4, ResNet-18: {_short(t)}. ORT's optimized int8 graph holds no QLinearConv: {int8_ops}. "
                 "Every conv still runs in float, now behind extra Q/DQ (and Cast x scale) work, so the int8 file is "
                 "slower than the fp32 one. Why, conv by conv, in the exported graph: ORT forms QLinearConv only for "
-                "DQ(x) -> Conv -> Q. (a) The second conv of each block, the stem conv and the shortcut convs feed "
-                "the residual add in float: sg.quantize calibrates no scale for a conv output that an add "
-                "consumes, so there is no Q after them. (b) The first conv of each block (and the shortcut) reads "
-                "the block input, quantized signed and symmetric (zero point 0); the ORT export form "
+                "DQ(x) -> Conv -> Q. (a) The second conv of each block and the shortcut convs feed the residual "
+                "add in float: sg.quantize calibrates no scale for a conv output that an add consumes, so no Q "
+                "follows them. (b) The first conv of each block, the shortcut convs and the stem conv read a "
+                "signed, symmetric int8 input (zero point 0: the block input, the image); the ORT export form "
                 "(slimgraph/quant/onnx_ops.py, for_onnxruntime) dequantizes such inputs by Cast x scale and keeps a "
                 "float conv, because on x86 CPUs without VNNI ORT's uint8 x int8 kernels saturate for inputs "
-                f"beyond [0, 127] and the file must be right on every CPU ({_cpu_note()}). The block input is a "
-                "Relu output, i.e. non-negative, but the quantizer sits before that Relu in the graph, so the "
-                "export does not see it. Closing the gap needs (quant pass) calibrated scales for conv outputs "
-                "that feed residual adds, making the add an int8 add (QLinearAdd / DQ-Add-Q), and (ONNX export) "
-                "the block input written as a Relu output with zero point -128 so that QLinearConv may read it.")
+                f"beyond [0, 127] and the file must be right on every CPU; {_cpu_note()}. The block input is a "
+                "Relu output, i.e. non-negative, but it is quantized by a standalone quantize (not a conv's Relu "
+                "epilogue), which the export writes with zero point 0. Closing the gap needs (quant pass) "
+                "calibrated scales for conv outputs that feed residual adds, making the add an int8 add "
+                "(QLinearAdd / DQ-Add-Q), and (ONNX export) non-negative quantize outputs written with zero point "
+                "-128 so that QLinearConv may read them.")
         elif t["target"] == "4":
             notes.append(
                 f"- Target 4, MiniLM: {_short(t)}. ORT's optimized int8 graph: {int8_ops}. The Linears run as exact "
                 "uint8 x uint8 MatMulInteger (the export avoids uint8 x int8, which saturates on CPUs without VNNI; "
-                f"{_cpu_note()}, where uint8 x int8 would run the faster kernels); the per-token quantizer "
-                "(Abs/ReduceMax/Div/QuantizeLinear) and the float rescale of each GEMM run as separate ORT nodes, "
+                f"{_cpu_note()}, so uint8 x int8 would be exact here; whether ORT runs it faster was not "
+                "measured); the per-token quantizer (Abs/ReduceMax/Div/QuantizeLinear) and the float rescale of each GEMM run as separate ORT nodes, "
                 "since ORT fuses the dequantizing rescale (MatMulIntegerToFloat / DynamicQuantizeMatMul) only for "
                 "one activation scale per tensor, not per row; attention (MatMul / FusedMatMul) stays float.")
         elif t["target"] == "3":
@@ -467,6 +468,18 @@ def _versions() -> dict:
     except ImportError:
         ao = "not installed"
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "torchao": ao}
+
+
+def rewrite_report(json_path: str | Path) -> None:
+    """Re-derive the notes, markdown and plot of a committed result from its JSON (same measurements): for when
+    the report's wording changes, not its numbers."""
+    import json
+
+    json_path = Path(json_path)
+    result = json.loads(json_path.read_text())
+    result["analysis"] = analysis(result)
+    harness.write_results(json_path.parent, json_path.stem, result, write_markdown(result))
+    write_plot(result, json_path.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
