@@ -372,9 +372,10 @@ def analysis(result: dict) -> list[str]:
                 f"- Target 4, MiniLM: {_short(t)}. ORT's optimized int8 graph: {int8_ops}. The Linears run as exact "
                 "uint8 x uint8 MatMulInteger (the export avoids uint8 x int8, which saturates on CPUs without VNNI; "
                 f"{_cpu_note()}, so uint8 x int8 would be exact here; whether ORT runs it faster was not "
-                "measured); the per-token quantizer (Abs/ReduceMax/Div/QuantizeLinear) and the float rescale of each GEMM run as separate ORT nodes, "
-                "since ORT fuses the dequantizing rescale (MatMulIntegerToFloat / DynamicQuantizeMatMul) only for "
-                "one activation scale per tensor, not per row; attention (MatMul / FusedMatMul) stays float.")
+                "measured); the per-token quantizer (Abs/ReduceMax/Div/QuantizeLinear) and the float rescale of "
+                "each GEMM run as separate ORT nodes, since ORT fuses the dequantizing rescale "
+                "(MatMulIntegerToFloat / DynamicQuantizeMatMul) only for one activation scale per tensor, not per "
+                "row; attention (MatMul / FusedMatMul) stays float.")
         elif t["target"] == "3":
             notes.append(
                 f"- Target 3 ({t['text']}): {_short(t)}. The GEMMs are the same `torch._int_mm` calls on both sides "
