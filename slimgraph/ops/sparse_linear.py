@@ -12,9 +12,10 @@ deep copies and ``state_dict`` treat them like any weight. Schema::
 Execution: ``torch.sparse.mm`` over a CSR view of the three tensors (MKL sparse BLAS on x86 CPUs, cuSPARSE on
 CUDA; int32 indices, which MKL needs for its fast path). For a single row on CPU, scipy's CSR matrix-vector product
 is used instead when scipy is installed: torch's CSR path does not beat the dense GEMV there while scipy's does
-(bench/results/sparse-mlp-cpu.md, backend rows). scipy's product is single-threaded but releases the GIL, so the
-weight's rows are cut into ``torch.get_num_threads()`` blocks of equal nonzero counts, multiplied in a thread pool
-(the dense GEMV it competes with uses every thread too). fp16/bf16 on CPU compute in fp32 (no sparse half
+(bench/results/sparse-mlp-cpu.md, backend rows). scipy's product is single-threaded; for very large weights
+(``SCIPY_THREADED_MIN_NNZ`` stored values) the rows are cut into ``torch.get_num_threads()`` blocks of equal nonzero
+counts multiplied in a thread pool (scipy releases the GIL), below that the calling thread does it alone, which
+measured faster on the shared 2-core machine. fp16/bf16 on CPU compute in fp32 (no sparse half
 kernels there). Cost: ``rows x nnz`` MACs. ONNX: densified in the graph (ScatterND of the stored values) and one
 ``Gemm``; runtimes see a dense layer, exact to the stored values. No autograd: this is an inference form; fine-tune
 the dense sparsified model (``graph_info(gm).sparsity``) before lowering.
@@ -42,8 +43,13 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # the dense GEMV by >10x in every committed run (bench/results/sparse-mlp-cpu.md); at 2-8 rows torch's was ahead, and
 # beyond that the two traded places between runs on the loaded machine, so the threaded torch path keeps them.
 SCIPY_MAX_ROWS = 1
-# Below this many stored weights one thread does the scipy product: a pool hand-off costs tens of microseconds.
-SCIPY_THREADED_MIN_NNZ = 1 << 16
+# Below this many stored weights the caller's thread alone does the scipy product. A one-row product is memory-bound
+# (one core reads the 4096 x 4096 layer at 90% sparsity, 13 MB, in about 1.7 ms, already 4x less than the dense GEMV
+# reads), and splitting it over a thread pool lost at every size measured on the 2-core machine, up to that layer
+# (1.7 M stored weights): 1.5-8 ms threaded against 1.0-1.7 ms on one thread, interleaved, load 5-6
+# (bench/results/sparse-mlp-cpu.md, "scipy CSR, 1 thread"): a pool thread waits for a core that other processes
+# hold, and the caller waits for it. Larger layers, not measured, keep the threaded split.
+SCIPY_THREADED_MIN_NNZ = 1 << 24
 _pool: tuple[int, object] | None = None  # (workers, ThreadPoolExecutor), made on first use
 
 
