@@ -20,8 +20,8 @@ offset wraps once M*K or M*N reaches 2**31).
 
 Exit status 1 when any compile fails, any selectable config spills or overflows shared memory on any target, or
 any i32 offset multiply remains. ``--fast`` compiles the default config of each kernel for sm_90a only (CI).
-Results: ``<out>/aot-sm90a-sm80.{json,md}`` (``--fast``: ``aot-fast.{json,md}``) with the harness's run metadata
-(command, commit, triton and torch versions; JSON key ``environment``).
+Results: ``<out>/aot-sm90a-sm80.{json,md,png}`` (``--fast``: ``aot-fast.*``) with the harness's run metadata
+(command, commit, triton and torch versions; JSON key ``environment``); :func:`plot` draws the PNG again from a JSON.
 """
 
 from __future__ import annotations
@@ -478,6 +478,38 @@ def render(rows: list[dict], meta: dict) -> list[str]:
     return lines
 
 
+def plot(out, rows: list[dict], stem: str = "aot-sm90a-sm80"):
+    """Registers per thread against shared memory per CTA for every compiled (case, config, arch): a colour per
+    kernel, a marker per arch, each arch's per-block shared-memory limit (dotted) and the 255-register cap (dashed);
+    rows failing the check are circled red. Drawn from a run's rows or a committed JSON's "rows" (no recompiling):
+    ``plot("bench/results", json.load(open("bench/results/aot-sm90a-sm80.json"))["rows"])``."""
+    from bench import harness
+
+    fig, ax = harness.figure(figsize=(8.0, 5.0))
+    compiled = [r for r in rows if r["ok"]]
+    archs = list(dict.fromkeys(r["arch"] for r in compiled))
+    for i, kernel in enumerate(dict.fromkeys(r["kernel"] for r in compiled)):
+        for j, arch in enumerate(archs):
+            group = [r for r in compiled if r["kernel"] == kernel and r["arch"] == arch]
+            ax.scatter([r["shared"] / 1024 for r in group], [r["regs"] for r in group], color=f"C{i % 10}",
+                       marker="o^sD"[j % 4], s=22, alpha=0.7, label=f"{kernel} {arch}" if group else None)
+    bad = [r for r in compiled if problems(r)]
+    ax.scatter([r["shared"] / 1024 for r in bad], [r["regs"] for r in bad], s=90, facecolors="none",
+               edgecolors="red", label=f"failing the check ({len(bad)})" if bad else None)
+    for arch in archs:
+        limit = next(r["smem_limit"] for r in compiled if r["arch"] == arch)
+        ax.axvline(limit / 1024, color="k", ls=":", lw=1)
+        ax.text(limit / 1024, 0.03, f"{arch} smem limit ", transform=ax.get_xaxis_transform(), fontsize=7,
+                ha="right")
+    ax.axhline(255, color="k", ls="--", lw=1, label="255 registers / thread")
+    ax.grid(alpha=0.3)
+    failed = len(rows) - len(compiled)
+    return harness.finish_figure(
+        fig, ax, out, stem, xlabel="shared memory per CTA (KiB)", ylabel="registers per thread (ptxas)",
+        title=f"AOT compiles: {len(compiled)} of {len(rows)} compiled" + (f", {failed} failed" if failed else "")
+        + f", {len(bad)} spill / overflow / i32-offset", legend={"fontsize": 6, "ncol": 2})
+
+
 @contextlib.contextmanager
 def gpu_code_path():
     """The GPU code path, not the interpreter, and default FP fusion as on a GPU (no warning about it), for the
@@ -528,6 +560,7 @@ def _main(argv) -> int:
     failing = [(r, problems(r)) for r in rows if problems(r)]
     stem = "aot-fast" if a.fast else "aot-" + "-".join(ARCHS[x].label.replace("_", "") for x in archs)
     files = harness.write_results(a.out, stem, {"environment": meta, "rows": rows}, render(rows, meta))
+    files.append(plot(a.out, rows, stem))
     for r, issues in failing:
         print(f"FAIL {r['kernel']} | {r['case']} | {r['config']} | {r['arch']}: {'; '.join(issues)}")
     print(f"{len(rows) - len(failing)}/{len(rows)} compiles pass the check in {meta['wall_s']:.0f}s; wrote "
