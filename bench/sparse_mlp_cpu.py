@@ -178,6 +178,25 @@ def _work_ratio(backend_row: dict) -> float:
     return cpu["dense"] / min(cpu["torch-csr"], cpu["scipy-csr"])
 
 
+def work_wall(backends: list[dict], rows: int) -> float:
+    """Dense F.linear's median wall time over its one-thread CPU time at ``rows`` rows: how much load slowed it."""
+    b = next(b for b in backends if b["rows"] == rows)
+    return b["dense"]["median_ms"] / b["cpu_ms_1t"]["dense"]
+
+
+def rewrite_report(json_path) -> None:
+    """Re-derive the markdown and plot of a committed result from its JSON (same measurements): for when the
+    report's wording changes, not its numbers."""
+    import json
+    from pathlib import Path
+
+    json_path = Path(json_path)
+    result = json.loads(json_path.read_text())
+    harness.write_results(json_path.parent, json_path.stem, result,
+                          _markdown(result["meta"], result["model"], result["backends"]))
+    _plot(result["model"], json_path.parent)
+
+
 def _ms_iqr(t: dict) -> str:
     return f"{t['median_ms']:.2f} ({t['q1_ms']:.2f}-{t['q3_ms']:.2f})"
 
@@ -241,6 +260,17 @@ def _markdown(meta, rows, backends) -> list[str]:
             lines += ["", "CPU work per layer on one thread, dense / best sparse: " + ", ".join(
                 f"{work[b]:.2f}x at batch {b}" for b in known) + ". Where that is below 2x, no thread count or machine "
                 "load can bring this CSR product to the target: a faster sparse kernel would be needed."]
+            reachable = [b for b in known if work[b] >= TARGET]
+            if reachable:
+                walls = [r for r in missed if r["batch"] in reachable]
+                lines += ["", f"At batch {', '.join(map(str, reachable))} the work ratio is above {TARGET:g}x: the "
+                          f"sparse layer does less than 1/{TARGET:g} of the dense work, and the wall-time shortfall "
+                          "comes from the shared machine: " + ", ".join(
+                              f"at batch {r['batch']} the load average was {r['load'][1][0]:.1f} on "
+                              f"{v['cores']} cores and the dense layer's wall time "
+                              f"{work_wall(backends, r['batch']):.1f}x its one-thread CPU time" for r in walls)
+                          + " (multi-threaded GEMMs waiting at barriers for threads the scheduler put aside), and "
+                          "the spread of the ratio is wide."]
     lines += ["", "Per-layer decisions of the pass, last batch size:", "", "```", rows[-1]["report"], "```"]
     return lines
 
