@@ -226,9 +226,10 @@ def _markdown(meta, rows, backends) -> list[str]:
                         f"{r['load'][0][0]:.2f} / {r['load'][1][0]:.2f}",
                         f"{r['dense']['min_ms'] / r['sparse']['min_ms']:.2f}x", r["lowered"], f"{r['sparsity']:.2%}"]
                        for r in rows])
-    lines += ["", "One layer per backend (ms median (IQR), interleaved; what `SCIPY_MAX_ROWS` in "
+    lines += ["", "One layer per backend (ms median (IQR), interleaved; the op uses a thread pool for scipy only above "
+              "`SCIPY_THREADED_MIN_NNZ` stored weights; what `SCIPY_MAX_ROWS` in "
               "slimgraph/ops/sparse_linear.py rests on):", ""]
-    lines += md_table(["rows", "dense F.linear", "torch CSR", "scipy CSR (row blocks on every thread)",
+    lines += md_table(["rows", "dense F.linear", "torch CSR", "scipy CSR as the op runs it",
                        "scipy CSR, 1 thread"],
                       [[b["rows"], *(f"{b[k]['median_ms']:.3f} ({b[k]['q1_ms']:.3f}-{b[k]['q3_ms']:.3f})"
                                      for k in ("dense", "torch-csr", "scipy-csr", "scipy-csr-1t"))]
