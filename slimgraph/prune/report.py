@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch.fx as fx
 
-from ..ir.info import graph_info
-from ..report import format_table, human
+from ..report import format_table, human, last_pass_report
 from .analysis import Analysis, Group
 from .coverage import PruneCoverage
 from .plan import GroupPlan
@@ -126,8 +125,4 @@ def group_reports(a: Analysis, plans: list[GroupPlan], ignored: set[int]) -> lis
 
 def prune_report(gm: fx.GraphModule) -> PruneReport | None:
     """The report of the last prune pass run on ``gm`` (None if it was never pruned)."""
-    for record in reversed(graph_info(gm).history):
-        report = record.stats.get(REPORT_KEY)
-        if isinstance(report, PruneReport):
-            return report
-    return None
+    return last_pass_report(gm, PruneReport, REPORT_KEY)
