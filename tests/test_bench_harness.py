@@ -16,9 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITES = bench_suites(ROOT)
 # scripts whose owners have not moved them to harness.script_parser yet: their own --out default is
 # bench/results (``slimgraph bench`` still sends them to the scratch directory, tested below for every script)
-DIRECT_DEFAULT_NOT_PORTED = {"arch_matrix": "H6", "cpu_speed": "H5", "sparse_mlp_cpu": "H7"}
-
-
 def test_every_bench_script_is_a_suite():
     on_disk = {p.stem for p in (ROOT / "bench").glob("*.py")}
     helpers = {"__init__", "harness", "prune_common", "shapes"}
@@ -67,10 +64,7 @@ class _Parsed(Exception):
         self.parser = parser
 
 
-@pytest.mark.parametrize("suite", [
-    pytest.param(s, marks=pytest.mark.xfail(reason=f"{DIRECT_DEFAULT_NOT_PORTED[s]}'s script: --out defaults to "
-                                            "bench/results; needs bench.harness.script_parser / add_out_argument"))
-    if s in DIRECT_DEFAULT_NOT_PORTED else s for s in SUITES])
+@pytest.mark.parametrize("suite", SUITES)
 def test_python_m_bench_script_defaults_to_a_scratch_directory(suite, monkeypatch):
     from bench.harness import scratch_dir
 
