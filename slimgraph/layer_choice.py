@@ -97,7 +97,10 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     from .quant import cpu_int8
 
-    return f"cpu-{os.cpu_count()}-{'onednn' if cpu_int8.available() else 'reference'}"
+    if not cpu_int8.available():
+        return f"cpu-{os.cpu_count()}-reference"
+    # dynamic Linears run torch._int_mm where it is exact, oneDNN's uint8 GEMM elsewhere: timings differ, so do keys
+    return f"cpu-{os.cpu_count()}-{'intmm-' if cpu_int8.int_mm_exact() else ''}onednn"
 
 
 def _layer_key(node: fx.Node, x: torch.Tensor, w: torch.Tensor, scheme: str) -> str:

@@ -98,3 +98,5 @@ def test_cache_key_names_the_cpu_int8_backend(monkeypatch):
     monkeypatch.delenv("SLIMGRAPH_ONEDNN")
     on = layer_choice._device_name(torch.device("cpu"))
     assert off.endswith("-reference") and (on.endswith("-onednn") == cpu_int8.available())
+    # decisions timed with oneDNN's uint8 GEMM for dynamic Linears are not reused where torch._int_mm runs them
+    assert ("-intmm-" in on) == (cpu_int8.available() and cpu_int8.int_mm_exact())
