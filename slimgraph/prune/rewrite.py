@@ -170,6 +170,8 @@ def _rewrite_shape_args(a: Analysis, removed: np.ndarray) -> None:
                 new_start = int(np.searchsorted(keep, start))
                 new_end = int(np.searchsorted(keep, end))
                 node.args = (node.args[0], dim, new_start, new_end, *node.args[4:])
+        elif t is aten.gather.default and isinstance(out, Labels) and _loses_units(a, out, removed):
+            _slice_gather_index(a, node, out)
         elif t in ZEROS and isinstance(out, Labels):  # an RNN's zero initial state: its width follows the units
             pos = ZEROS[t]
             sizes = [kept_size(a, out, d, s, removed) if isinstance(s, int) else s
@@ -192,6 +194,21 @@ def _rewrite_shape_args(a: Analysis, removed: np.ndarray) -> None:
                     args.append(_conv_default(len(args), len(w_shape) - 2))
                 args[groups_index] = new_groups
                 node.args = tuple(args)
+
+
+def _slice_gather_index(a: Analysis, node: fx.Node, out: Labels) -> None:
+    """gather's index keeps its size where the input lost units (a size spelled out in the graph, e.g. DeBERTa's
+    ``4 * batch``): slice it to the input's new size there. The analysis only lets a labelled dim through where
+    the index is broadcast along it, so any prefix of it holds the same values: the slice is exact."""
+    graph = a.gm.graph
+    src, dim, index = node.args[0], node.args[1], node.args[2]
+    for d, tracked in enumerate(out.tracked):
+        if not tracked:
+            continue
+        with graph.inserting_before(node):
+            size = graph.call_function(aten.sym_size.int, (src, d))
+            index = graph.call_function(aten.slice.Tensor, (index, d, 0, size))
+    node.args = (src, dim, index, *node.args[3:])
 
 
 def _conv_default(index: int, spatial: int):

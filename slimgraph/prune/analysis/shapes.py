@@ -86,6 +86,13 @@ def reshape_labels(a: Analysis, node: fx.Node, lab: Labels, in_shape, out_shape)
                 moved = np.moveaxis(out, [outer, *inner], list(range(out.ndim - 1 - len(inner), out.ndim)))
                 flat = moved.reshape(-1, out_shape[outer], prod(out_shape[d] for d in inner))
                 a.splits.append(SplitConstraint(flat, node.name))
+    for d in range(out.ndim):
+        # a dim whose labels are equal all along it (a batch merged into [B*H] and split back out: DeBERTa's
+        # [-1, H, S, S] view) holds no unit of its own: removing a unit never shortens it, so it is untracked,
+        # as the batch was before the merge. Not when it is the only labelled dim: then each position is a unit.
+        if tracked_out[d] and out.shape[d] > 1 and sum(tracked_out) > 1 and (out == out.take([0], axis=d)).all():
+            out = out.take([0], axis=d)
+            tracked_out[d] = False
     return make_labels(out, tracked_out)
 
 
@@ -174,11 +181,22 @@ def _repeat(a: Analysis, node: fx.Node):
     pad = len(reps) - lab.ndim
     arr = lab.array.reshape((1,) * pad + lab.array.shape)
     tracked = (False,) * pad + tuple(lab.tracked)
-    if any(t and not isinstance(r, int) for t, r in zip(tracked, reps)):
-        a.block(lab, _reason(node, "repeats a labelled dim a symbolic number of times"))
-        return None
-    reps = [r if t else 1 for t, r in zip(tracked, reps)]  # symbolic reps only along unlabelled dims
-    return Labels(np.tile(arr, [r if tracked[d] else 1 for d, r in enumerate(reps)]), tracked)
+    in_shape, out_shape = (1,) * pad + tuple(a.shape(node.args[0])), a.shape(node)
+    counts = []
+    for d, (t, r) in enumerate(zip(tracked, reps)):
+        if not t:
+            counts.append(1)
+        elif isinstance(r, int):
+            counts.append(r)
+        else:
+            # a symbolic count (DeBERTa tiles its per-head position keys once per batch row: [H, ..] -> [B*H, ..]):
+            # every copy holds the whole labelled dim, so a removed unit leaves each copy whatever the count; the
+            # labels follow the example's count, as a merged [B*H] dim's labels do after a view
+            if out_shape is None or in_shape[d] == 0 or out_shape[d] % in_shape[d]:
+                a.block(lab, _reason(node, "repeats a labelled dim a symbolic number of times"))
+                return None
+            counts.append(out_shape[d] // in_shape[d])
+    return Labels(np.tile(arr, counts), tracked)
 
 
 @rule(aten.cat.default)
@@ -309,3 +327,40 @@ def _select(a: Analysis, node: fx.Node):
     keep = [d for d in range(lab.ndim) if d != dim]
     return make_labels(lab.array.take(0, axis=dim), [lab.tracked[d] for d in keep])
 
+
+
+@rule(aten.gather.default)
+def _gather(a: Analysis, node: fx.Node):
+    # gather(x, dim, index): out[.., i, ..] = x[.., index[.., i, ..], ..] along ``dim`` only. Every other dim keeps
+    # its positions, so its labels pass through, provided the index is the same for every unit there (DeBERTa's
+    # relative-position index, expanded from size 1 over batch * heads). The rewrite slices that index to the
+    # input's new size (prune/rewrite.py); gathering along a labelled dim, or an index that varies along one, blocks.
+    lab = a.lab(node.args[0])
+    index = node.args[2] if len(node.args) > 2 else node.kwargs.get("index")
+    if lab is None:
+        if a.lab(index) is not None:
+            a.block(a.lab(index), _reason(node, "gather index carries labels"))
+        return None
+    dim = node.args[1] % lab.ndim
+    if lab.tracked[dim] or a.lab(index) is not None:
+        a.block(lab, _reason(node, "gathers along a labelled dim"))
+        a.block(a.lab(index), _reason(node, "gather index carries labels"))
+        return None
+    in_shape, out_shape = a.shape(node.args[0]), a.shape(node)
+    for d in range(lab.ndim):
+        if lab.tracked[d] and (out_shape[d] != in_shape[d] or not index_broadcast_along(index, d)):
+            a.block(lab, _reason(node, "gather index differs along a labelled dim"))
+            return None
+    return lab
+
+
+def index_broadcast_along(index, dim: int) -> bool:
+    """``index`` is an expand of a tensor of size 1 at ``dim``: every position along ``dim`` holds the same values."""
+    if not isinstance(index, fx.Node) or index.op != "call_function" or index.target is not aten.expand.default:
+        return False
+    src = index.args[0]
+    shape = Analysis.shape(src)
+    if shape is None:
+        return False
+    pad = len(index.args[1]) - len(shape)
+    return dim >= pad and shape[dim - pad] == 1
