@@ -102,7 +102,19 @@ def _view(a: Analysis, node: fx.Node):
     lab = a.lab(node.args[0])
     if lab is None:
         return None
-    return reshape_labels(a, node, lab, a.shape(node.args[0]), a.shape(node))
+    out = reshape_labels(a, node, lab, a.shape(node.args[0]), a.shape(node))
+    if out is not None and node.target in _SIZED_VIEWS:
+        # the rewrite changes literal sizes of labelled dims; a size computed in the graph (MobileViT's
+        # ``batch * 48`` for a [B * C] dim) keeps the old unit count, so such a dim cannot lose units. A plain
+        # sym_size of a tensor follows that tensor's new size by itself.
+        for d, size in enumerate(node.args[1]):
+            if out.tracked[d] and isinstance(size, fx.Node) and size.target is not aten.sym_size.int:
+                a.block(out, _reason(node, "reshape computes a labelled dim's size in the graph"))
+                return None
+    return out
+
+
+_SIZED_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
 @rule(aten.unsqueeze.default)
