@@ -27,10 +27,18 @@ writes what ORT does fuse, checked on hand-built graphs against the optimized mo
 - ORT's integer kernels take int8 activations as uint8 q + 128 and, on x86 CPUs without VNNI (AVX2 only, like
   our 2-core machines), add pairs of uint8 x int8 products in int16 with saturation: 2 * 255 * 127 does not fit
   (measured: 8160 for a sum of 1032256, in QGemm, QLinearConv and MatMulInteger alike). Its uint8 x uint8
-  kernels do not saturate; int8 x int8 runs a slow reference loop. So only a Relu output (zero point -128,
-  i.e. uint8 [0, 127] inside ORT) may enter QLinearConv / QGemm. A signed input goes to ``MatMulInteger`` with
-  uint8 operands (activation and weight + 128, zero points 128: exact int32 sums) for a Linear, and stays a
-  float conv (dequantized by Cast * scale, which ORT does not fuse) for a Conv.
+  kernels do not saturate; int8 x int8 runs a slow reference loop. CPUs with AVX-512 VNNI or AVX-VNNI sum
+  uint8 x int8 products in int32 (``vpdpbusd``), exactly, and about twice as fast as uint8 x uint8 (measured
+  in ORT 1.32, one thread, 256x384x1536: 0.44 ms against 0.95 ms). Hence ``for_onnxruntime(target=...)``:
+  ``"avx2"`` (exact everywhere): only a Relu output (zero point -128, i.e. uint8 [0, 127] inside ORT) may enter
+  QLinearConv / QGemm; a signed input goes to an integer GEMM with uint8 operands (activation and weight + 128,
+  zero points 128: exact int32 sums) for a Linear, and stays a float conv (dequantized by Cast * scale, which
+  ORT does not fuse) for a Conv. ``"vnni"`` (exact on VNNI CPUs only, wrong elsewhere): int8 weights enter the
+  integer GEMM as they are, and a signed conv input is a plain DequantizeLinear, so ORT runs that conv as
+  QLinearConv with int8 activations. ``"auto"`` (the default) picks by the CPU that exports.
+- Integer GEMMs of a Linear are ``MatMulIntegerToFloat`` (com.microsoft: the int32 sums scaled by
+  a_scale * w_scale, plus the bias, in the GEMM's output stage): for a static per-tensor input scale that is
+  the whole epilogue; per-row (dynamic) scales follow as one Mul and the bias as one Add.
 - A float-output Gemm becomes QGemm only with no bias or an int32 bias behind DequantizeLinear (scale
   x_scale * w_scale), as ORT's own quantizer writes it. A Conv has no integer form with a float output.
 - w8a8-dynamic's per-row activation scales block every QDQ fusion (ORT wants one activation scale per tensor):
@@ -48,13 +56,33 @@ import contextvars
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import torch
 from onnxscript import opset18 as op
+from onnxscript.values import Op, Opset
 
 from ..errors import SlimgraphError
 
 sgops = torch.ops.slimgraph
+
+
+def _matmul_integer_to_float_schema() -> onnx.defs.OpSchema:
+    """The schema of ORT's contrib op com.microsoft::MatMulIntegerToFloat (onnx ships none for ORT's contrib ops;
+    onnxscript needs one to record the node): ``(A - a_zero) @ (B - b_zero) * a_scale * b_scale + bias``."""
+    param, optional = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.FormalParameterOption.Optional
+    return onnx.defs.OpSchema(
+        "MatMulIntegerToFloat", "com.microsoft", 1,
+        inputs=[param("A", "T1"), param("B", "T2"), param("a_scale", "T3"), param("b_scale", "T3"),
+                param("a_zero_point", "T1", param_option=optional), param("b_zero_point", "T2", param_option=optional),
+                param("bias", "T3", param_option=optional)],
+        outputs=[param("Y", "T3")],
+        type_constraints=[("T1", ["tensor(int8)", "tensor(uint8)"], ""), ("T2", ["tensor(int8)", "tensor(uint8)"], ""),
+                          ("T3", ["tensor(float)"], "")])
+
+
+_MSFT = Opset("com.microsoft", 1)  # ORT's contrib ops, written in ORT form only
+_MATMUL_INTEGER_TO_FLOAT = Op(_MSFT, "MatMulIntegerToFloat", _matmul_integer_to_float_schema())
 _FLOAT, _UINT8, _INT32 = 1, 2, 6  # ONNX TensorProto element types
 _INT32_LIMIT = float(2**31 - 128)  # float32 rounds 2**31 - 1 up: stay clear of the int32 edge before the Cast
 # ops that move int8 values without changing them (MaxPool picks one of them): a DequantizeLinear looks through
@@ -65,18 +93,57 @@ _SHIFTED = "slimgraph.relu_zero_point"  # meta mark of the -128 zero points writ
 _PER_ROW = "slimgraph.per_row"  # meta mark of the int8 rows written by _quantize_rows (one scale per row)
 
 
-_ORT_FORM = contextvars.ContextVar("slimgraph_onnx_ort_form", default=False)
+_ORT_FORM = contextvars.ContextVar("slimgraph_onnx_ort_form", default="")  # "" (portable) | "avx2" | "vnni"
+ORT_TARGETS = ("auto", "avx2", "vnni")
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AVX-512 VNNI or AVX-VNNI (``vpdpbusd``: uint8 x int8 products summed in int32, never
+    saturating); read from /proc/cpuinfo, False where it cannot be read (not Linux, not x86)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_vnni", "avx_vnni"})
+
+
+def resolve_ort_target(target: str = "auto") -> str:
+    """``"avx2"`` or ``"vnni"`` for ``target`` (``"auto"``: the CPU this runs on, see :func:`cpu_has_vnni`)."""
+    if target not in ORT_TARGETS:
+        raise ValueError(f"for_onnxruntime: target must be one of {ORT_TARGETS}, got {target!r}")
+    if target == "auto":
+        return "vnni" if cpu_has_vnni() else "avx2"
+    return target
 
 
 @contextlib.contextmanager
-def for_onnxruntime():
+def for_onnxruntime(target: str = "auto"):
     """Exports inside this block use the forms ONNX Runtime's CPU provider runs as integer kernels (module
-    docstring); the default is the portable QDQ form TensorRT reads."""
-    token = _ORT_FORM.set(True)
+    docstring); the default is the portable QDQ form TensorRT reads.
+
+    ``target`` picks which CPUs the file is exact on. ``"avx2"``: every x86 CPU (uint8 x uint8 integer GEMMs
+    only; signed conv inputs stay float convs). ``"vnni"``: only CPUs with AVX-512 VNNI or AVX-VNNI, where ORT's
+    uint8 x int8 kernels sum in int32: int8 weights enter MatMulInteger as they are and convs reading a signed
+    int8 input become QLinearConv, faster, but on a CPU without VNNI such a file saturates int16 pair sums and
+    gives wrong results. ``"auto"`` (default): ``"vnni"`` when the exporting CPU has VNNI, else ``"avx2"``: a
+    file exported with auto on a VNNI machine is for VNNI machines. The chosen target is the context value
+    (``with for_onnxruntime() as target``)."""
+    resolved = resolve_ort_target(target)
+    token = _ORT_FORM.set(resolved)
     try:
-        yield
+        yield resolved
     finally:
         _ORT_FORM.reset(token)
+
+
+def _vnni() -> bool:
+    return _ORT_FORM.get() == "vnni"
 
 
 def _const(array: np.ndarray):
@@ -139,9 +206,10 @@ def _shifted(x) -> bool:
 
 
 def _dequantize_input(x, x_scale):
-    if _ORT_FORM.get() and not _shifted(x):
+    if _ORT_FORM.get() == "avx2" and not _shifted(x):
         # A signed int8 input would enter ORT's uint8 x int8 kernels as q + 128, whose int16 pair sums saturate on
         # CPUs without VNNI (module docstring): dequantized by arithmetic, ORT keeps this conv in float, exact.
+        # On VNNI targets the DequantizeLinear below lets ORT run it as an integer conv.
         return op.Mul(op.Cast(x, to=_FLOAT), x_scale)
     return op.DequantizeLinear(x, x_scale, _written_zero_point(x))
 
@@ -265,8 +333,8 @@ def qlinear_static(x, x_scale, w, w_scale, bias=None, act: str = "none", out_sca
     n, k = w.shape[0], w.shape[1]
     if _ORT_FORM.get() and not _shifted(x):  # signed input: exact uint8 x uint8 MatMulInteger (module docstring)
         if out_scale is None:
-            return _cast_out(_integer_matmul_rows(x, x_scale, w, w_scale, bias, act), out_dtype)
-        y = _integer_matmul_rows(x, x_scale, w, w_scale, bias, "none")
+            return _cast_out(_integer_matmul_rows(x, x_scale, w, w_scale, bias, act, per_tensor=True), out_dtype)
+        y = _integer_matmul_rows(x, x_scale, w, w_scale, bias, "none", per_tensor=True)
         return _requantize_output(y, act, out_scale)
     xf = op.DequantizeLinear(_rows(x, k), x_scale, _written_zero_point(x))
     if out_scale is not None:  # Gemm -> Q: ORT takes the float bias itself here
@@ -296,18 +364,31 @@ def _uint8_rows(x, k: int):
     return op.Cast(shifted, to=_UINT8)
 
 
-def _integer_matmul_rows(x, x_scale, w, w_scale, bias, act: str):
-    """ORT form of qlinear_dynamic: exact int32 sums from MatMulInteger (uint8 x uint8), then the reference's
-    epilogue ``acc * x_scale[row] * w_scale + bias`` and the activation, in float."""
+def _integer_matmul_rows(x, x_scale, w, w_scale, bias, act: str, per_tensor: bool = False):
+    """ORT form of qlinear_dynamic: exact int32 sums, then the reference's epilogue ``acc * x_scale[row] * w_scale
+    + bias`` and the activation, in float.
+
+    One ``MatMulIntegerToFloat`` (com.microsoft) computes ``acc * a_scale * w_scale`` in the GEMM's output stage:
+    with a per-tensor ``x_scale`` (static) that and the bias are the whole epilogue; per-row scales, which the op
+    does not take, follow as one Mul (and the bias as one Add, which ORT fuses with a following Gelu). Operands:
+    uint8 activations (zero point 128) times int8 weights on VNNI targets, else times uint8 weights + 128
+    (zero point 128): both exact on their targets (module docstring)."""
     n, k = w.shape[0], w.shape[1]
-    w_u8 = op.Cast(op.Add(op.Cast(op.Transpose(w, perm=[1, 0]), to=_INT32), _const(np.array(128, np.int32))),
-                   to=_UINT8)  # initializer arithmetic: folded to one uint8 [K, N] constant
-    zero = _const(np.array(128, np.uint8))
-    acc = op.MatMulInteger(_uint8_rows(x, k), w_u8, zero, zero)
-    rows_scale = op.Reshape(x_scale, _const(np.array([-1, 1], np.int64)))
-    y = op.Mul(op.Mul(op.Cast(acc, to=_FLOAT), rows_scale), w_scale)
-    if bias is not None:
-        y = op.Add(y, bias)
+    w_t = op.Transpose(w, perm=[1, 0])  # initializer arithmetic: folded to one [K, N] constant
+    if _vnni():
+        w_q, w_zero = w_t, None
+    else:
+        w_q = op.Cast(op.Add(op.Cast(w_t, to=_INT32), _const(np.array(128, np.int32))), to=_UINT8)
+        w_zero = _const(np.array(128, np.uint8))
+    a_zero = _const(np.array(128, np.uint8))
+    if per_tensor:
+        scale = op.Reshape(x_scale, _const(np.array([], np.int64)))
+        y = _MATMUL_INTEGER_TO_FLOAT(_uint8_rows(x, k), w_q, scale, w_scale, a_zero, w_zero, bias)
+    else:
+        y = _MATMUL_INTEGER_TO_FLOAT(_uint8_rows(x, k), w_q, _scalar(1.0), w_scale, a_zero, w_zero)
+        y = op.Mul(y, op.Reshape(x_scale, _const(np.array([-1, 1], np.int64))))
+        if bias is not None:
+            y = op.Add(y, bias)
     return _restore_rows(_activation(y, act), x, n)
 
 

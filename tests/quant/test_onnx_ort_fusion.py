@@ -12,9 +12,10 @@ import torch
 import torch.nn as nn
 
 import slimgraph as sg
-from slimgraph.quant.onnx_ops import for_onnxruntime
+from slimgraph.quant.onnx_ops import cpu_has_vnni, for_onnxruntime, resolve_ort_target
 
 FLOAT_GEMMS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+INT_MATMULS = ("MatMulInteger", "MatMulIntegerToFloat")  # the latter: the GEMM with its rescale in one kernel
 
 
 class ConvChain(nn.Module):
@@ -39,9 +40,14 @@ class Mlp(nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def _ort_run(model, args, tmp_path):
-    """Export in ORT form, open with all graph optimizations; (outputs, op counts of the optimized graph)."""
-    with for_onnxruntime():
+def _int_matmuls(ops) -> int:
+    return sum(ops[k] for k in INT_MATMULS)
+
+
+def _ort_run(model, args, tmp_path, target="avx2"):
+    """Export in ORT form, open with all graph optimizations; (outputs, op counts of the optimized graph). The
+    default target is the form exact on every x86 CPU, so these tests check the same graph on any machine."""
+    with for_onnxruntime(target):
         path = sg.export_onnx(model, args, tmp_path / "m.onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -78,7 +84,7 @@ def test_static_mlp_runs_as_qgemm(tmp_path):
     x = torch.randn(8, 64)
     q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8", calib=[(torch.randn(8, 64),) for _ in range(4)])
     out, ops = _ort_run(q, (x,), tmp_path)
-    assert ops["MatMulInteger"] + ops["QGemm"] == 3, ops
+    assert _int_matmuls(ops) + ops["QGemm"] == 3, ops
     assert not any(ops[k] for k in FLOAT_GEMMS), ops
     with torch.no_grad():
         want = q(x).numpy()
@@ -91,7 +97,7 @@ def test_dynamic_linears_run_as_matmulinteger_and_match_exactly(shape, tmp_path)
     x = torch.randn(*shape) * 4  # large activations: the int8 extremes, where uint8 x int8 kernels saturate
     q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8-dynamic")
     out, ops = _ort_run(q, (x,), tmp_path)
-    assert ops["MatMulInteger"] == 3, ops
+    assert _int_matmuls(ops) == 3, ops
     assert not any(ops[k] for k in FLOAT_GEMMS), ops
     with torch.no_grad():
         want = q(x).numpy()
@@ -107,7 +113,7 @@ def test_dynamic_transformer_block_matches_and_uses_integer_matmuls(tmp_path):
     q = sg.quantize(model, (ids,), scheme="w8a8-dynamic")
     out, ops = _ort_run(q, (ids,), tmp_path)
     linears = sum(isinstance(m, nn.Linear) for m in model.modules())
-    assert ops["MatMulInteger"] >= linears - 1, ops  # every quantized Linear (the output head may stay float)
+    assert _int_matmuls(ops) >= linears - 1, ops  # every quantized Linear (the output head may stay float)
     with torch.no_grad():
         want = q(ids).numpy()
     assert _rel(out, want) < 1e-4
@@ -131,7 +137,56 @@ def test_zoo_cnns_load_and_match_in_ort_form(name, tmp_path):
     model, args, _ = make(name)
     q = sg.quantize(model, args, scheme="w8a8")
     out, ops = _ort_run(q, args, tmp_path)
-    assert ops["MatMulInteger"] + ops["QGemm"] >= 1, ops  # the classifier runs as an integer GEMM
+    assert _int_matmuls(ops) + ops["QGemm"] >= 1, ops  # the classifier runs as an integer GEMM
     with torch.no_grad():
         want = q(*args).numpy()
     assert _rel(out, want) < 2e-2
+
+
+
+def _exact_here(target: str) -> bool:
+    """A "vnni" file sums uint8 x int8 exactly only on a VNNI CPU; elsewhere its numerics are not checked."""
+    return target == "avx2" or cpu_has_vnni()
+
+
+@pytest.mark.parametrize("target", ["avx2", "vnni"])
+def test_dynamic_linears_weights_per_target_and_exact(target, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 64) * 4  # the int8 extremes: uint8 x int8 pair sums beyond int16 without VNNI
+    q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8-dynamic")
+    out, ops = _ort_run(q, (x,), tmp_path, target=target)
+    assert ops["MatMulIntegerToFloat"] == 3 and not any(ops[k] for k in FLOAT_GEMMS), ops
+    graph = onnx.load(str(tmp_path / "m.opt.onnx")).graph
+    weights = {t.name: t.data_type for t in graph.initializer}
+    b_types = {weights[n.input[1]] for n in graph.node if n.op_type == "MatMulIntegerToFloat"}
+    assert b_types == {onnx.TensorProto.INT8 if target == "vnni" else onnx.TensorProto.UINT8}
+    if not _exact_here(target):
+        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert _rel(out, want) < 1e-5
+
+
+def test_vnni_target_runs_signed_conv_inputs_as_qlinearconv(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    q = sg.quantize(ConvChain().eval(), (x,), scheme="w8a8", calib=[(torch.randn(2, 3, 12, 12),) for _ in range(4)])
+    out, ops = _ort_run(q, (x,), tmp_path, target="vnni")
+    # c1 reads the signed image: int8 activations into QLinearConv, which the avx2 form keeps float (first test)
+    assert ops["QLinearConv"] == 2, ops
+    assert sum(ops[k] for k in ("Conv", "FusedConv")) == 1, ops  # c3 writes float: no integer conv for it
+    if not _exact_here("vnni"):
+        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert _rel(out, want) < 2e-2
+
+
+def test_target_auto_reads_the_cpu_flags():
+    assert cpu_has_vnni("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni("flags\t\t: fpu avx2 avx_vnni\n")
+    assert not cpu_has_vnni("flags\t\t: fpu sse avx2 fma\n")
+    assert resolve_ort_target("auto") == ("vnni" if cpu_has_vnni() else "avx2")
+    assert resolve_ort_target("avx2") == "avx2"
+    with pytest.raises(ValueError, match="target"):
+        resolve_ort_target("avx512")
