@@ -18,13 +18,8 @@ from slimgraph.testing.archs import ARCHS
 
 DEFAULT = ("llama", "transformer_encoder", "depthwise_separable")
 
-# model -> the done-when check it misses today, and why (from bench/results/arch-matrix.md)
-KNOWN_GAPS: dict[str, str] = {
-    "deberta_v2": "prune removes < 25%: the relative-position attention (c2p/p2c) blocks every head group: "
-                  "the shared position keys are repeated a symbolic (batch) number of times along the head dim "
-                  "(aten.repeat), gathered over relative positions (no pruning rule for aten.gather) and added to "
-                  "the content scores; only the FFNs are pruned",
-}
+# model -> the done-when check it misses today, and why (from bench/results/arch-matrix.md); none since 294c3b4
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _check(row: dict) -> None:
