@@ -205,13 +205,37 @@ def _shifted(x) -> bool:
     return writer is not None and len(writer.inputs) > 2 and bool(writer.inputs[2].meta.get(_SHIFTED))
 
 
-def _dequantize_input(x, x_scale):
-    if _ORT_FORM.get() == "avx2" and not _shifted(x):
+def _dequantize_input(x, x_scale, integer_conv: bool = True):
+    """Float ``x`` for a conv; ``integer_conv``: ORT may run the conv as QLinearConv (DQ -> Conv -> Q)."""
+    if _ORT_FORM.get() and not _shifted(x) and (_ORT_FORM.get() == "avx2" or not integer_conv):
         # A signed int8 input would enter ORT's uint8 x int8 kernels as q + 128, whose int16 pair sums saturate on
         # CPUs without VNNI (module docstring): dequantized by arithmetic, ORT keeps this conv in float, exact.
-        # On VNNI targets the DequantizeLinear below lets ORT run it as an integer conv.
+        # On VNNI targets the DequantizeLinear below lets ORT run a conv with int8 output as QLinearConv; a
+        # float-output conv stays float in ORT anyway, and a DequantizeLinear of its own would be merged by ORT's
+        # common-subexpression pass with that of an integer conv reading the same input (a block's conv1 and
+        # its shortcut conv), and ORT forms no QLinearConv from a DequantizeLinear with two readers.
         return op.Mul(op.Cast(x, to=_FLOAT), x_scale)
+    if _ORT_FORM.get() == "vnni" and (requantized := _relu_of_symmetric(x)) is not None:
+        return op.DequantizeLinear(requantized, x_scale, requantized.producer().inputs[2])
     return op.DequantizeLinear(x, x_scale, _written_zero_point(x))
+
+
+def _relu_of_symmetric(x):
+    """For ``x = Relu(QuantizeLinear(v, s, 0))`` (a quantizer hoisted above a Relu): ``QuantizeLinear(Relu(v), s,
+    -128)``, the Relu-epilogue form (:func:`_requantize_output`), else None. ORT forms no QLinearConv from a
+    DequantizeLinear that reads an int8 Relu; from this form it drops the Relu into the quantizer. The same
+    integers inside the calibrated range [0, 127 * s]; above it, up to 255 * s where torch saturates at 127 * s."""
+    relu = x.producer() if isinstance(x, ir.Value) else None
+    if relu is None or relu.op_type != "Relu":
+        return None
+    writer = relu.inputs[0].producer()
+    if writer is None or writer.op_type != "QuantizeLinear" or writer.domain not in ("", "ai.onnx"):
+        return None
+    if len(writer.inputs) > 2 and writer.inputs[2] is not None and writer.inputs[2].meta.get(_SHIFTED):
+        return None
+    zero_point = _const(np.array(-128, np.int8))
+    zero_point.meta[_SHIFTED] = True
+    return op.QuantizeLinear(op.Relu(writer.inputs[0]), writer.inputs[1], zero_point)
 
 
 def _activation(y, act: str):
@@ -418,7 +442,18 @@ def _conv(xf, wf, bias, stride, padding, dilation, groups: int):
 def qconv_static(x, x_scale, w, w_scale, bias=None, stride: list[int] = (1,), padding: list[int] = (0,),
                  dilation: list[int] = (1,), groups: int = 1, act: str = "none", out_scale=None,
                  out_dtype: int = _FLOAT):
-    y = _conv(_dequantize_input(x, x_scale), _dequantized_weight(w, w_scale), bias, stride, padding, dilation, groups)
+    # ORT runs QLinearConv for DQ -> Conv -> Q only, and in the avx2 form only for an input from a Relu epilogue
+    integer = out_scale is not None and (_ORT_FORM.get() != "avx2" or _shifted(x))
+    xf = _dequantize_input(x, x_scale, integer_conv=integer)
+    if _ORT_FORM.get() and not integer:
+        # a float-output conv stays float in ORT: its weight dequantized by arithmetic on initializers, which ORT
+        # folds to a float constant (it keeps DequantizeLinear unfolded for its QDQ fusions, and then both
+        # dequantizes the weight at every run and runs a plain conv instead of its blocked NCHWc one)
+        shape = _const(np.array([-1] + [1] * (len(w.shape) - 1), np.int64))
+        wf = op.Mul(op.Cast(w, to=_FLOAT), op.Reshape(w_scale, shape))
+    else:
+        wf = _dequantized_weight(w, w_scale)
+    y = _conv(xf, wf, bias, stride, padding, dilation, groups)
     if out_scale is not None:  # Conv -> Q: ORT forms QLinearConv (it takes the float bias itself)
         return _requantize_output(y, act, out_scale)
     return _cast_out(_activation(y, act), out_dtype)

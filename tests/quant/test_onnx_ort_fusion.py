@@ -190,3 +190,50 @@ def test_target_auto_reads_the_cpu_flags():
     assert resolve_ort_target("avx2") == "avx2"
     with pytest.raises(ValueError, match="target"):
         resolve_ort_target("avx512")
+
+
+class ResidualBlocks(nn.Module):
+    """ResNet's basic block shape: relu(conv-bn-relu-conv + shortcut); the next block reads relu(add), so the
+    quantizer is hoisted above that Relu (an int8 Relu of a symmetric quantize), and a stride-2 block's input
+    feeds its conv1 and its shortcut conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a1, self.a2 = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(16, 32, 3, 2, 1), nn.Conv2d(32, 32, 3, padding=1)
+        self.short = nn.Conv2d(16, 32, 1, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.a2(torch.relu(self.a1(x))) + x)
+        return torch.relu(self.b2(torch.relu(self.b1(x))) + self.short(x))
+
+
+def _conv_weights_are_constants(tmp_path) -> bool:
+    graph = onnx.load(str(tmp_path / "m.opt.onnx")).graph
+    constants = {t.name for t in graph.initializer}
+    return all(n.input[1] in constants for n in graph.node if n.op_type in ("Conv", "FusedConv"))
+
+
+@pytest.mark.parametrize("target", ["avx2", "vnni"])
+def test_residual_blocks_integer_convs_per_target(target, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    calib = [(torch.randn(2, 3, 16, 16),) for _ in range(4)]
+    q = sg.quantize(ResidualBlocks().eval(), (x,), scheme="w8a8", calib=calib)
+    out, ops = _ort_run(q, (x,), tmp_path, target=target)
+    # Integer convs: those with an int8 output (a1, b1: a Relu epilogue read by the next conv). a1 reads a
+    # symmetric quantize of the stem's output (the add reads it too), b1 reads relu(quantize(add)): signed int8,
+    # which the avx2 form keeps in float convs; the vnni form runs a1 as QLinearConv with int8 activations and
+    # writes b1's input as quantize(relu(add)) with zero point -128, which ORT folds into QLinearConv. Every other
+    # conv writes float (into an add) and stays float, its weight folded to a float constant (no per-run
+    # DequantizeLinear, ORT's blocked NCHWc conv).
+    assert ops["QLinearConv"] == (2 if target == "vnni" else 0), ops
+    assert sum(ops[k] for k in ("Conv", "FusedConv")) == 6 - ops["QLinearConv"], ops
+    assert _conv_weights_are_constants(tmp_path)
+    if not _exact_here(target):
+        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert _rel(out, want) < 2e-2
