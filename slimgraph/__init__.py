@@ -25,6 +25,8 @@ from .errors import (
     VerificationError,
 )
 from .ir import capture, graph_info, node_info, to_networkx, verify
+from .ir.dynamic import DynamicShapeWarning
+from .ir.experts import DenseExpertsWarning
 from .onnx_export import export_onnx
 from .passes import Pass, PassManager, PassResult, register_pass, registered_passes
 from .prune import prune, prune_report
@@ -40,6 +42,8 @@ __all__ = [
     "ArchiveError",
     "CaptureError",
     "CompressResult",
+    "DenseExpertsWarning",
+    "DynamicShapeWarning",
     "InputError",
     "Pass",
     "PassError",
