@@ -15,7 +15,9 @@ Targets (all against baselines timed in the same run, interleaved):
      dynamic int8 ops out in ATen ops on CPU so Inductor fuses them (``sg-w8a8-dynamic+sg-backend``); plain
      ``torch.compile(model)`` (``sg-w8a8-dynamic+inductor``, our ops opaque there) is timed beside it.
   4. both models exported by ``sg.export_onnx`` (fp32 and int8): the int8 ONNX >= 1.5x faster than the fp32 ONNX in
-     onnxruntime (CPU provider, all graph optimizations); the int8 ops ORT's optimizer fused to are listed.
+     onnxruntime (CPU provider, all graph optimizations); the int8 ops ORT's optimizer fused to are listed. The int8
+     file is exported ``with for_onnxruntime(target="auto")``: for this CPU (the md says which form, "vnni" or
+     "avx2"; a vnni file is exact only on CPUs with AVX-512 VNNI / AVX-VNNI).
 
 Timing (:func:`bench.harness.time_variants`): every variant of a model is called in turn, in an order that rotates
 from round to round (ABC BCA CAB ...), after a warm-up, so load from other processes falls on all of them alike;
@@ -166,7 +168,8 @@ def onnx_variants(name: str, fp32: nn.Module, int8: nn.Module, args: tuple, thre
 
     fns, outputs, ops = {}, {}, {}
     for variant, model in (("onnx-fp32", fp32), ("onnx-int8", int8)):
-        with for_onnxruntime():  # the int8 forms ORT runs as integer kernels (the default is TensorRT's QDQ)
+        # the int8 forms ORT runs as integer kernels (the default is TensorRT's QDQ), for this CPU (target auto)
+        with for_onnxruntime(ORT_TARGET):
             path = sg.export_onnx(model, args, work / f"{name}-{variant}.onnx")
         optimized = work / f"{name}-{variant}.opt.onnx"
         session = onnx_session(path, threads, optimized)
@@ -319,6 +322,15 @@ def _short(t: dict) -> str:
             f"needed: short by {t['needed'] - t['measured']:.2f}x, a further {t['needed'] / t['measured']:.2f}x")
 
 
+ORT_TARGET = "auto"  # for_onnxruntime's target: "vnni" on a CPU with AVX-512 VNNI / AVX-VNNI, else "avx2"
+
+
+def _ort_target() -> str:
+    from slimgraph.quant.onnx_ops import resolve_ort_target
+
+    return resolve_ort_target(ORT_TARGET)
+
+
 def _cpu_note() -> str:
     from slimgraph.quant import cpu_int8
 
@@ -351,31 +363,41 @@ def analysis(result: dict) -> list[str]:
         ops = result["cases"].get(t["model"], {}).get("onnx_ops", {})
         int8_ops = ops.get("onnx-int8", {})
         if t["target"] == "4" and t["model"] == "resnet18":
+            form = result["meta"].get("ort_target", "avx2")
+            integer, floats = int8_ops.get("QLinearConv", 0), int8_ops.get("Conv", 0) + int8_ops.get("FusedConv", 0)
+            why_signed = (
+                "In this form (vnni: exact on CPUs with AVX-512 VNNI / AVX-VNNI only) every conv that writes int8 "
+                "runs as QLinearConv, signed int8 inputs included"
+                if form == "vnni" else
+                "In this form (avx2: exact on every x86 CPU) a conv reading a signed int8 input (the image, a block "
+                "input) stays float, since ORT's uint8 x int8 kernels saturate int16 pair sums on CPUs without "
+                f"VNNI ({_cpu_note()}; `for_onnxruntime(target=\"vnni\")` lifts this)")
             notes.append(
-                f"- Target 4, ResNet-18: {_short(t)}. ORT's optimized int8 graph holds no QLinearConv: {int8_ops}. "
-                "Every conv still runs in float, now behind extra Q/DQ (and Cast x scale) work, so the int8 file is "
-                "slower than the fp32 one. Why, conv by conv, in the exported graph: ORT forms QLinearConv only for "
-                "DQ(x) -> Conv -> Q. (a) The second conv of each block and the shortcut convs feed the residual "
-                "add in float: sg.quantize calibrates no scale for a conv output that an add consumes, so no Q "
-                "follows them. (b) The first conv of each block, the shortcut convs and the stem conv read a "
-                "signed, symmetric int8 input (zero point 0: the block input, the image); the ORT export form "
-                "(slimgraph/quant/onnx_ops.py, for_onnxruntime) dequantizes such inputs by Cast x scale and keeps a "
-                "float conv, because on x86 CPUs without VNNI ORT's uint8 x int8 kernels saturate for inputs "
-                f"beyond [0, 127] and the file must be right on every CPU; {_cpu_note()}. The block input is a "
-                "Relu output, i.e. non-negative, but it is quantized by a standalone quantize (not a conv's Relu "
-                "epilogue), which the export writes with zero point 0. Closing the gap needs (quant pass) "
-                "calibrated scales for conv outputs that feed residual adds, making the add an int8 add "
-                "(QLinearAdd / DQ-Add-Q), and (ONNX export) non-negative quantize outputs written with zero point "
-                "-128 so that QLinearConv may read them.")
+                f"- Target 4, ResNet-18: {_short(t)}. int8 ONNX in the `for_onnxruntime(target=\"{form}\")` form; "
+                f"ORT's optimized graph: {int8_ops}: {integer} integer convs (QLinearConv), {floats} float convs. "
+                f"{why_signed}. ORT has no integer conv with a float output (ConvInteger measured no faster than "
+                "its float conv here), and sg.quantize gives no int8 output to the convs that feed a residual add "
+                "(the second conv of each block, the shortcut convs) nor to the stem conv (its max-pooled output "
+                "is also the first block's float shortcut): they stay float, with their weights folded to float "
+                "constants so that ORT runs its blocked (NCHWc) conv, as fast as in the fp32 file. They are about "
+                "half of the network's MACs, and QLinearConv runs about 3.5x faster than the float conv at these "
+                "shapes (one thread): with ~55% of the MACs at fp32 speed the file takes at least ~0.55 + 0.45 / "
+                "3.5 = 0.68 of the fp32 time, about 1.47x at best. Closing the gap needs calibrated "
+                "output scales for residual-feeding convs in the quant pass (an observer on their outputs, an int8 "
+                "epilogue and a dequantize before the add, or an int8 add), i.e. a change of sg.quantize's "
+                "numerics, not of the export.")
         elif t["target"] == "4":
+            form = result["meta"].get("ort_target", "avx2")
+            weights = ("int8 weights (uint8 x int8: exact with VNNI only, about twice as fast as uint8 x uint8)"
+                       if form == "vnni" else
+                       "uint8 weights + 128 (uint8 x uint8: exact on every x86 CPU; uint8 x int8 would saturate "
+                       "int16 pair sums without VNNI)")
             notes.append(
-                f"- Target 4, MiniLM: {_short(t)}. ORT's optimized int8 graph: {int8_ops}. The Linears run as exact "
-                "uint8 x uint8 MatMulInteger (the export avoids uint8 x int8, which saturates on CPUs without VNNI; "
-                f"{_cpu_note()}, so uint8 x int8 would be exact here; whether ORT runs it faster was not "
-                "measured); the per-token quantizer (Abs/ReduceMax/Div/QuantizeLinear) and the float rescale of "
-                "each GEMM run as separate ORT nodes, since ORT fuses the dequantizing rescale "
-                "(MatMulIntegerToFloat / DynamicQuantizeMatMul) only for one activation scale per tensor, not per "
-                "row; attention (MatMul / FusedMatMul) stays float.")
+                f"- Target 4, MiniLM: {_short(t)}. int8 ONNX in the `for_onnxruntime(target=\"{form}\")` form; "
+                f"ORT's optimized graph: {int8_ops}. The Linears run as MatMulIntegerToFloat with {weights}; the "
+                "per-token quantizer (Abs/ReduceMax/Div/QuantizeLinear) and the per-row rescale (one Mul) and bias "
+                "(one Add) run as separate ORT nodes, since ORT's fused dynamic GEMMs take one activation scale "
+                "per tensor, not per row; attention (MatMul / FusedMatMul) stays float.")
         elif t["target"] == "3":
             notes.append(
                 f"- Target 3 ({t['text']}): {_short(t)}. The GEMMs are the same `torch._int_mm` calls on both sides "
@@ -391,7 +413,9 @@ def write_markdown(result: dict) -> list[str]:
     lines = [
         "# CPU speed targets (issue 12)", "", *harness.meta_lines(meta),
         f"- {meta['cpu']}, {meta['cores']} cores, {meta['threads']} torch/ORT threads; int8 Linear/Conv through "
-        f"oneDNN: {meta['onednn_int8']}; int8 ONNX exported in the `for_onnxruntime()` form", "",
+        f"oneDNN: {meta['onednn_int8']}; int8 ONNX exported in the "
+        f"`for_onnxruntime(target=\"{meta.get('ort_target', 'avx2')}\")` form (auto: vnni on a CPU with AVX-512 VNNI / "
+        "AVX-VNNI, exact only on such CPUs; avx2 elsewhere)", "",
         "The machine is shared: other processes run during the measurement, so every variant of a model is timed in "
         "turn (rotating order) and the spread is shown. A target is met when the ratio of MEDIANS reaches it; the "
         "range in brackets pairs the two variants' quartiles worst and best. Load per model: the 1-minute load "
@@ -501,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = _versions()
     meta = harness.run_metadata("bench.cpu_speed", argv, cpu=f"{platform.machine()} {platform.processor() or ''}"
                                 .strip(), cores=os.cpu_count(), threads=threads, onednn_int8=cpu_int8.available(),
+                                ort_target=_ort_target(),
                                 **versions)
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
