@@ -413,7 +413,24 @@ def _integer_matmul_rows(x, x_scale, w, w_scale, bias, act: str, per_tensor: boo
         y = op.Mul(y, op.Reshape(x_scale, _const(np.array([-1, 1], np.int64))))
         if bias is not None:
             y = op.Add(y, bias)
+        if _same_rows(x_scale, x):
+            # the output's leading dims from the row scales: reading Shape(x) would keep x's int8 quantizer, whose
+            # values nothing else reads (the GEMM re-quantizes the float rows to uint8), running in ORT
+            shape = op.Concat(op.Shape(x_scale), _const(np.array([n], np.int64)), axis=0)
+            return op.Reshape(_activation(y, act), shape)
     return _restore_rows(_activation(y, act), x, n)
+
+
+def _same_rows(x_scale, x) -> bool:
+    """``x_scale`` holds one scale per row of ``x``, shaped like x's leading dims (as the per-token quantizer
+    writes it), as far as the traced shapes tell: equal static sizes or equal named symbolic dims."""
+    if x_scale.shape is None or x.shape is None or len(x_scale.shape) != len(x.shape) - 1:
+        return False
+    for a, b in zip(x_scale.shape, x.shape[:-1], strict=True):
+        a, b = (d if isinstance(d, int) else getattr(d, "value", None) for d in (a, b))
+        if a is None or a != b:
+            return False
+    return True
 
 
 def qlinear_dynamic(x, x_scale, w, w_scale, bias=None, act: str = "none", out_dtype: int = _FLOAT):
