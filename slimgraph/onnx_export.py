@@ -32,6 +32,8 @@ from .ir.capture import capture
 from .ir.info import GRAPH_KEY, graph_info
 from .ir.rnn_shapes import symbolic_rnn_shapes
 
+FORM_KEY = "slimgraph.onnx_form"  # metadata_props key: "qdq" (portable) | "avx2" | "vnni" (ORT CPU forms)
+
 
 class ExportError(SlimgraphError):
     """The model could not be written as ONNX."""
@@ -57,7 +59,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
     else:
         raise InputError(f"export_onnx() needs an nn.Module, got {type(model).__name__}")
     from .ops.sparse_linear import register_onnx_translation
-    from .quant.onnx_ops import TRANSLATIONS  # onnxscript is only needed here
+    from .quant.onnx_ops import TRANSLATIONS, export_form  # onnxscript is only needed here
 
     register_onnx_translation()  # a lowered sparse graph may come from an archive loaded in this process
 
@@ -88,7 +90,8 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ex
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         program.save(str(tmp), external_data=False)
-        _readable_names(tmp, _output_names(gm, args, kwargs), _dim_names(gm, args, kwargs))
+        _readable_names(tmp, _output_names(gm, args, kwargs), _dim_names(gm, args, kwargs),
+                        {FORM_KEY: export_form()})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -209,9 +212,11 @@ def _dim_names(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[tuple[str,
     return names
 
 
-def _readable_names(path: Path, outputs: list[str] | None, dims: dict[tuple[str, int], str]) -> None:
+def _readable_names(path: Path, outputs: list[str] | None, dims: dict[tuple[str, int], str],
+                    metadata: dict[str, str]) -> None:
     """Rename the exported file's outputs after the model's outputs and its symbolic dims (s0, s1...) after what
-    they are, so ONNX Runtime / TensorRT users see ``input_ids[batch, sequence] -> last_hidden_state``."""
+    they are, so ONNX Runtime / TensorRT users see ``input_ids[batch, sequence] -> last_hidden_state``; record
+    ``metadata`` in the file's metadata_props (which CPUs an ORT-form file is exact on must travel with it)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -240,6 +245,9 @@ def _readable_names(path: Path, outputs: list[str] | None, dims: dict[tuple[str,
                 node.output[:] = [rename.get(n, n) for n in node.output]
             for value in [*graph.output, *graph.value_info]:
                 value.name = rename.get(value.name, value.name)
+    for key, value in metadata.items():
+        entry = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(model, str(path))
 
 

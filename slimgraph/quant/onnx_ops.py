@@ -142,6 +142,12 @@ def for_onnxruntime(target: str = "auto"):
         _ORT_FORM.reset(token)
 
 
+def export_form() -> str:
+    """The form exports take here: ``"qdq"`` (portable, the default) or the ``for_onnxruntime`` target
+    (``"avx2"`` / ``"vnni"``); export_onnx writes it into the file's metadata (``slimgraph.onnx_form``)."""
+    return _ORT_FORM.get() or "qdq"
+
+
 def _vnni() -> bool:
     return _ORT_FORM.get() == "vnni"
 

@@ -2,6 +2,7 @@
 ORT writes (``optimized_model_filepath``) holds QLinearConv / QGemm / MatMulInteger for the quantized layers and no
 float Conv/Gemm/MatMul left for them, and its outputs match the quantized torch model."""
 
+import contextlib
 from collections import Counter
 
 import numpy as np
@@ -239,3 +240,20 @@ def test_residual_blocks_integer_convs_per_target(target, tmp_path):
     with torch.no_grad():
         want = q(x).numpy()
     assert _rel(out, want) < 2e-2
+
+
+def test_the_file_records_which_cpus_it_is_exact_on(tmp_path):
+    """An ORT-form file exported for VNNI gives wrong sums on a CPU without VNNI: its form travels in its
+    metadata_props (slimgraph.onnx_form), so a deployment can check it; the portable default says qdq."""
+    from slimgraph.onnx_export import FORM_KEY
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 64)
+    q = sg.quantize(Mlp().eval(), (x,), scheme="w8a8-dynamic")
+    forms = {}
+    for target in (None, "avx2", "vnni"):  # exporting in a form needs no such CPU; running it does
+        path = tmp_path / f"{target}.onnx"
+        with for_onnxruntime(target) if target else contextlib.nullcontext():
+            sg.export_onnx(q, (x,), path)
+        forms[target] = {p.key: p.value for p in onnx.load(str(path)).metadata_props}.get(FORM_KEY)
+    assert forms == {None: "qdq", "avx2": "avx2", "vnni": "vnni"}
