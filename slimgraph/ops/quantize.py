@@ -1,6 +1,8 @@
 """Boundary ops: float -> int8 activations, as the ``quant`` pass inserts them in front of int8 GEMMs and convs.
 
     quantize_per_tensor(x, scale) -> q                      static: q = clamp(round(x / scale), -128, 127)
+    dequantize_per_tensor(q, scale) -> x                    q * scale in float32 (an int8 epilogue's output read
+                                                            by a float op, e.g. a residual add)
     dynamic_quantize_per_token(x) -> (q, scale[rows])      run-time per-row absmax / 127
     dynamic_quantize_per_tensor(x) -> (q, scale[])         run-time whole-tensor absmax / 127 (conv inputs)
     layer_norm_quantize_per_token(x, shape, w, b, eps)     LayerNorm fused into the per-row quantizer
@@ -56,6 +58,17 @@ def _(x, scale):
     return x.new_empty(x.shape, dtype=torch.int8)
 
 
+@torch.library.custom_op("slimgraph::dequantize_per_tensor", mutates_args=(),
+                         schema="(Tensor q, Tensor scale) -> Tensor")
+def _dequantize_per_tensor(q, scale):
+    return q.to(torch.float32) * scale.to(torch.float32)
+
+
+@_dequantize_per_tensor.register_fake
+def _(q, scale):
+    return q.new_empty(q.shape, dtype=torch.float32)
+
+
 @torch.library.custom_op("slimgraph::dynamic_quantize_per_token", mutates_args=(),
                          schema="(Tensor x) -> (Tensor, Tensor)")
 def _dynamic_quantize_per_token(x):
@@ -92,6 +105,6 @@ def _(x, normalized_shape, weight, bias, eps):
 
 sg_ops = torch.ops.slimgraph
 BOUNDARY_OPS = frozenset({
-    sg_ops.quantize_per_tensor.default, sg_ops.dynamic_quantize_per_token.default,
+    sg_ops.quantize_per_tensor.default, sg_ops.dequantize_per_tensor.default, sg_ops.dynamic_quantize_per_token.default,
     sg_ops.dynamic_quantize_per_tensor.default, sg_ops.layer_norm_quantize_per_token.default,
 })

@@ -6,6 +6,7 @@ quantized input feeding a float ``Gemm``/``Conv``/``MatMul``, zero points are in
 output channel on axis 0, weights in [-127, 127]::
 
     quantize_per_tensor(x, s)          =>  QuantizeLinear(x, s, zp=int8 0)
+    dequantize_per_tensor(q, s)        =>  DequantizeLinear(q, s, zp as written)  (ORT: QLinearConv -> DQ -> Add)
     qlinear_static(q, s, Wq, ws, b, act, out_scale)
       =>  Reshape(q, [-1, K]) -> DequantizeLinear(s, zp=0) -> Gemm(transB=1, b) <- DequantizeLinear(Wq, ws, axis=0)
           -> act -> Reshape(.., [..., N]) [-> QuantizeLinear(out_scale)]
@@ -20,7 +21,8 @@ writes what ORT does fuse, checked on hand-built graphs against the optimized mo
 
 - QLinearConv / QGemm with int8 output need the QuantizeLinear right after the Conv/Gemm. A Relu in between is
   only dropped (ORT's ReluQuantFusion) when that QuantizeLinear's zero point is the bottom of its range, so a
-  Relu's requantized output is written with zero point -128 (same scale: [0, 255 * scale] instead of the
+  Relu's requantized output is written at the bottom of its range: uint8 with zero point 0 after a conv, int8
+  with zero point -128 after a Linear (:func:`_relu_zero_point`; same scale: [0, 255 * scale] instead of the
   symmetric [0, 127 * scale]; inside the calibrated range the same integers shifted by 128). Each
   DequantizeLinear reads an int8 tensor with the zero point its QuantizeLinear wrote (:func:`_written_zero_point`).
   TensorRT refuses non-zero zero points: this is why it is not the default.
@@ -239,9 +241,20 @@ def _relu_of_symmetric(x):
         return None
     if len(writer.inputs) > 2 and writer.inputs[2] is not None and writer.inputs[2].meta.get(_SHIFTED):
         return None
-    zero_point = _const(np.array(-128, np.int8))
+    return op.QuantizeLinear(op.Relu(writer.inputs[0]), writer.inputs[1], _relu_zero_point())
+
+
+def _relu_zero_point(unsigned: bool = True):
+    """The zero point of a Relu output in ORT form, the bottom of its range: a uint8 tensor with zero point 0 (the
+    int8 integers with zero point -128, + 128: what ORT's kernels read). Not int8 -128: ORT turns an int8
+    QuantizeLinear into uint8 only where one DequantizeLinear reads it directly, so a value read by two integer
+    convs (a stride-2 block's conv1 and shortcut) or through a MaxPool (a stem's pooled output, also read by a
+    residual add) stayed int8 while the convs' outputs became uint8, and ORT fused none of those convs.
+    ``unsigned=False``: int8 -128, for a Linear's output, whose value the exported graph declares int8 after
+    its row Reshape (a Linear's output has one reader: ORT converts it)."""
+    zero_point = _const(np.array(0, np.uint8) if unsigned else np.array(-128, np.int8))
     zero_point.meta[_SHIFTED] = True
-    return op.QuantizeLinear(op.Relu(writer.inputs[0]), writer.inputs[1], zero_point)
+    return zero_point
 
 
 def _activation(y, act: str):
@@ -268,13 +281,11 @@ def _activation(y, act: str):
     raise ValueError(f"no ONNX translation for activation {act!r}")
 
 
-def _requantize_output(y, act: str, out_scale):
+def _requantize_output(y, act: str, out_scale, unsigned: bool = True):
     """act(y) quantized with ``out_scale``; in ORT form a Relu's output with zero point -128 so that ORT folds the
     Relu into the QuantizeLinear and the Conv/Gemm before it into an integer kernel with int8 output."""
     if act == "relu" and _ORT_FORM.get():
-        zero_point = _const(np.array(-128, np.int8))
-        zero_point.meta[_SHIFTED] = True
-        return op.QuantizeLinear(op.Relu(y), out_scale, zero_point)
+        return op.QuantizeLinear(op.Relu(y), out_scale, _relu_zero_point(unsigned))
     return op.QuantizeLinear(_activation(y, act), out_scale, _zero_point())
 
 
@@ -314,6 +325,11 @@ def _gemm(x2d, wf, bias):
 
 def quantize_per_tensor(x, scale):
     return op.QuantizeLinear(x, scale, _zero_point())
+
+
+def dequantize_per_tensor(q, scale):
+    # the zero point q was written with: -128 after a Relu epilogue in ORT form, else 0
+    return op.DequantizeLinear(q, scale, _written_zero_point(q))
 
 
 def _row_scales(x2d):
@@ -365,10 +381,11 @@ def qlinear_static(x, x_scale, w, w_scale, bias=None, act: str = "none", out_sca
         if out_scale is None:
             return _cast_out(_integer_matmul_rows(x, x_scale, w, w_scale, bias, act, per_tensor=True), out_dtype)
         y = _integer_matmul_rows(x, x_scale, w, w_scale, bias, "none", per_tensor=True)
-        return _requantize_output(y, act, out_scale)
+        return _requantize_output(y, act, out_scale, unsigned=False)
     xf = op.DequantizeLinear(_rows(x, k), x_scale, _written_zero_point(x))
     if out_scale is not None:  # Gemm -> Q: ORT takes the float bias itself here
-        y = _requantize_output(_gemm(xf, _dequantized_weight(w, w_scale), bias), act, out_scale)
+        y = _requantize_output(_gemm(xf, _dequantized_weight(w, w_scale), bias), act, out_scale,
+                               unsigned=False)
         return _restore_rows(y, x, n)
     if bias is not None and _ORT_FORM.get():
         bias = _int32_bias(bias, x_scale, w_scale, n)
@@ -514,6 +531,7 @@ def qembedding(w, w_scale, indices, padding_idx: int = -1, out_dtype: int = _FLO
 
 TRANSLATIONS = {
     sgops.quantize_per_tensor.default: quantize_per_tensor,
+    sgops.dequantize_per_tensor.default: dequantize_per_tensor,
     sgops.dynamic_quantize_per_token.default: dynamic_quantize_per_token,
     sgops.dynamic_quantize_per_tensor.default: dynamic_quantize_per_tensor,
     sgops.layer_norm_quantize_per_token.default: layer_norm_quantize_per_token,

@@ -17,6 +17,8 @@ The :class:`~slimgraph.quant.report.QuantReport` lands in the pass record's ``st
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -27,6 +29,7 @@ import torch.fx as fx
 from ..errors import InputError
 from ..ir.calibration import Batch, NodeValues, UsesData, normalize_batches, run_outputs, run_watched, watch
 from ..ir.graph_utils import get_attr_tensor
+from ..ir.match import is_call, value_of
 from ..ir.propagate import refresh
 from ..numerics import compare_outputs, ratio_db
 from ..passes.base import Pass, PassResult, register_pass
@@ -41,6 +44,22 @@ from .targets import FLOAT, SCHEMES, LayerDecision, QuantTarget, decide_schemes,
 from .weight_only import STORAGE_SCHEME, store_int8
 
 _ACTIVATION_SCHEMES = ("w8a8", "w8a8-dynamic")
+_RESIDUAL_OUTPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("slimgraph_int8_residual", default=False)
+
+
+@contextlib.contextmanager
+def int8_residual_outputs(enabled: bool = True):
+    """Inside it, ``sg.quantize(scheme="w8a8")`` (every ``quant`` pass whose ``residual_outputs`` is unset) lets the
+    static convs that feed residual adds write int8, read back by ``dequantize_per_tensor`` before the add, and
+    a stem whose pooled output a block's add reads too. ONNX Runtime then runs them as QLinearConv (ResNet-18:
+    20 instead of 8). Off by default: each residual branch gets one more rounding, and an int8 output read
+    straight by an add shows where two runtimes round differently (the portable QDQ export differs from torch
+    by one output step, ~1e-3 relative, where it was exact to 1e-4). ResNet-18: cosine to fp32 0.99992."""
+    token = _RESIDUAL_OUTPUTS.set(enabled)
+    try:
+        yield
+    finally:
+        _RESIDUAL_OUTPUTS.reset(token)
 _MIN_THRESHOLD = 1e-8  # an activation that is always zero still gets a positive scale
 
 
@@ -60,6 +79,9 @@ class Quantize(UsesData, Pass):
     attention: bool = False
     embeddings: bool = False
     per_layer: dict[str, str] = field(default_factory=dict)
+    # Static convs read only by residual adds write int8 too (one more rounding on the residual branch; ONNX
+    # Runtime then runs them as QLinearConv). None: the :func:`int8_residual_outputs` context's setting (off).
+    residual_outputs: bool | None = None
     progress: bool | None = field(default=None, repr=False, compare=False)  # None: a bar on a terminal only
     # Calibration batches are data, not an option: sg.quantize hands them over with .with_data(calib=...);
     # from a pipeline string the pass calibrates on the example inputs recorded at capture.
@@ -99,16 +121,17 @@ class Quantize(UsesData, Pass):
         weights: dict[int, tuple] = {}
         plans = [_plan(gm, t, decisions[t.node.name].scheme, weights) for t in targets
                  if decisions[t.node.name].scheme != FLOAT]
+        residual = self.residual_outputs if self.residual_outputs is not None else _RESIDUAL_OUTPUTS.get()
         if any(p.scheme == "w8a8" for p in plans):
-            self._calibrate_static(gm, plans, batches)
+            self._calibrate_static(gm, plans, batches, residual)
         sqnr, reference = self._sensitivity(gm, plans, batches)
 
         base = copy.deepcopy(gm) if self.max_error is not None else None
-        rewrite_stats = rewrite_layers(gm, plans)
+        rewrite_stats = rewrite_layers(gm, plans, residual)
         error = compare_outputs(run_outputs(gm, batches), reference)
         kept, reverted = plans, {}
         if self.max_error is not None and error.rel_l2 > self.max_error:
-            gm, kept, rewrite_stats, error = self._fit_budget(base, plans, sqnr, batches, reference)
+            gm, kept, rewrite_stats, error = self._fit_budget(base, plans, sqnr, batches, reference, residual)
             for p in plans:
                 if p not in kept:
                     name = p.target.node.name
@@ -117,6 +140,11 @@ class Quantize(UsesData, Pass):
                 report.notes.append(f"output error {error.rel_l2:.3g} stays above max_error {self.max_error:g} "
                                     "even with every layer in float")
         report.output_rel_error, report.output_cosine = error.rel_l2, error.cosine
+        if residual:
+            report.notes.append(
+                f"int8 residual outputs: {sum(p.out_scale is not None for p in kept)} convs write int8 into "
+                f"residual adds ({rewrite_stats.get('quantize_hoisted_shared', 0)} more through a shared reader "
+                "such as a stem's maxpool); one more rounding on each residual branch")
 
         by_name = {p.target.node.name: p for p in kept}
         for t in targets:
@@ -138,7 +166,7 @@ class Quantize(UsesData, Pass):
     # --------------------------------------------------------------------------------------------- steps
 
     def _fit_budget(self, base: fx.GraphModule, plans: list[LayerPlan], sqnr: dict[str, float],
-                    batches: list[Batch], reference):
+                    batches: list[Batch], reference, residual: bool):
         """Return the k most sensitive layers (lowest SQNR) to float, for the smallest k whose output error
         is within ``max_error``. The error grows with the number of int8 layers, so k is found by bisection:
         O(log n) rewrites and evaluations instead of one per layer."""
@@ -149,7 +177,7 @@ class Quantize(UsesData, Pass):
             if k not in tried:
                 gm = copy.deepcopy(base)
                 kept = [p for p in plans if p not in order[:k]]
-                stats = rewrite_layers(gm, _rebind(gm, kept, self.attention, self.embeddings))
+                stats = rewrite_layers(gm, _rebind(gm, kept, self.attention, self.embeddings), residual)
                 tried[k] = (gm, kept, stats, compare_outputs(run_outputs(gm, batches), reference))
             return tried[k]
 
@@ -177,11 +205,16 @@ class Quantize(UsesData, Pass):
         refresh(gm)  # a residual's restoring mul needs its fake value before targets are found again
         return len(groups)
 
-    def _calibrate_static(self, gm, plans: list[LayerPlan], batches: list[Batch]) -> None:
+    def _calibrate_static(self, gm, plans: list[LayerPlan], batches: list[Batch], residual_outputs: bool) -> None:
         observers = {}
         for p in plans:
             if p.scheme == "w8a8" and p.target.x not in observers:
                 observers[p.target.x] = make_observer(self.observer, self.percentile)
+        # A conv read only by residual adds writes int8 too (rewrite's out_scale): else the add's float input
+        # keeps the conv out of ONNX Runtime's QLinearConv (ResNet: a basic block's conv2 and shortcut convs).
+        residual = [p for p in plans if residual_outputs and _feeds_residual_adds(p)]
+        for p in residual:
+            observers.setdefault(p.target.node, make_observer(self.observer, self.percentile))
         watchers = {x: [_finite_then(x, obs.update)] for x, obs in observers.items()}
         watch(gm, batches, watchers, desc="quant: calibrating", progress=self.progress)
         scales = {x: torch.tensor(max(obs.threshold(), _MIN_THRESHOLD) / 127.0, dtype=torch.float32)
@@ -189,6 +222,8 @@ class Quantize(UsesData, Pass):
         for p in plans:
             if p.scheme == "w8a8":
                 p.act_scale = scales[p.target.x]  # one tensor per value: consumers share its quantize node
+        for p in residual:
+            p.out_scale = scales[p.target.node]
 
     def _sensitivity(self, gm, plans: list[LayerPlan], batches: list[Batch]):
         energy = {p.target.node.name: [0.0, 0.0] for p in plans}
@@ -223,6 +258,13 @@ def _finite_then(node: fx.Node, then):
     return hook
 
 
+def _feeds_residual_adds(p: LayerPlan) -> bool:
+    """A static conv with a float32 output that only residual adds read."""
+    node, val = p.target.node, value_of(p.target.node)
+    return (p.scheme == "w8a8" and p.target.conv is not None and val is not None and val.dtype == torch.float32
+            and bool(node.users) and all(is_call(u, {torch.ops.aten.add.Tensor}) for u in node.users))
+
+
 def _plan(gm: fx.GraphModule, target: QuantTarget, scheme: str, cache: dict[int, tuple]) -> LayerPlan:
     plan = LayerPlan(target, scheme)
     if target.weight is not None:
@@ -239,7 +281,7 @@ def _rebind(gm: fx.GraphModule, plans: list[LayerPlan], attention: bool, embeddi
     rebound = []
     for p in plans:
         t = fresh[p.target.node.name]
-        rebound.append(LayerPlan(t, p.scheme, p.weight_q, p.weight_scale, p.act_scale))
+        rebound.append(LayerPlan(t, p.scheme, p.weight_q, p.weight_scale, p.act_scale, p.out_scale))
     # Static scales are keyed by value: re-share them between consumers of one value in the copy.
     by_value: dict[str, torch.Tensor] = {}
     for p in rebound:

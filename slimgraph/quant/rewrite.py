@@ -18,6 +18,8 @@ activation in registers. Then the boundaries are tidied so int8 values do not ro
         quantize(maxpool(x), s)             =>  maxpool(quantize(x, s))
         quantize(relu / view / flatten(x))  =>  relu / view / flatten(quantize(x, s))
     requantize in the epilogue:  quantize(qconv_static(q, ...), s2)  =>  qconv_static(q, ..., out_scale=s2)  (int8 out)
+    int8 outputs for residual adds (a conv's output calibrated, ``LayerPlan.out_scale``; ResNet's stem through
+    its maxpool):  add(qconv_static(q, ...), r)  =>  add(dequantize_per_tensor(qconv_static(q, ..., s2), s2), r)
     fuse LayerNorm into the per-token quantizer (dynamic):
         dynamic_quantize_per_token(layer_norm(h))  =>  layer_norm_quantize_per_token(h)
 
@@ -54,6 +56,7 @@ class LayerPlan:
     weight_q: torch.Tensor | None = None  # int8, same layout as the float weight
     weight_scale: torch.Tensor | None = None  # float32 [out channels]
     act_scale: torch.Tensor | None = None  # float32 0-d, static scheme only
+    out_scale: torch.Tensor | None = None  # float32 0-d: the op writes int8, read back in float (residual adds)
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -136,8 +139,10 @@ def emit(b, plan: LayerPlan, x, other, bias, out_dtype: torch.dtype):
         s = b.shared(("scale", x), lambda: b.tensor(plan.act_scale, f"{t.name}.input_scale"))
         q = b.shared(("static", x), lambda: b.op(sgops.quantize_per_tensor.default, x, s))
         if linear:
-            return b.op(sgops.qlinear_static.default, q, s, w, ws, bias, t.act, None, out_dtype, name=named)
-        return b.op(sgops.qconv_static.default, q, s, w, ws, bias, *geometry, t.act, None, out_dtype, name=named)
+            y = b.op(sgops.qlinear_static.default, q, s, w, ws, bias, t.act, None, out_dtype, name=named)
+        else:
+            y = b.op(sgops.qconv_static.default, q, s, w, ws, bias, *geometry, t.act, None, out_dtype, name=named)
+        return _int8_output(b, plan, y)
     # w8a8-dynamic: per-token scales for GEMM rows; one per-tensor scale for convs (a KxK window mixes pixels)
     boundary = sgops.dynamic_quantize_per_token.default if linear else sgops.dynamic_quantize_per_tensor.default
     pair = b.shared((boundary, x), lambda: b.op(boundary, x))
@@ -145,6 +150,17 @@ def emit(b, plan: LayerPlan, x, other, bias, out_dtype: torch.dtype):
     if linear:
         return b.op(sgops.qlinear_dynamic.default, q, s, w, ws, bias, t.act, out_dtype, name=named)
     return b.op(sgops.qconv_dynamic.default, q, s, w, ws, bias, *geometry, t.act, out_dtype, name=named)
+
+
+def _int8_output(b, plan: LayerPlan, y):
+    """``y`` quantized with the plan's output scale and read back in float, for a float reader (a residual add):
+    the ``requantize_fused`` boundary stage then moves the quantize into the op's epilogue, so the op writes int8
+    (ONNX Runtime runs it as QLinearConv -> DequantizeLinear -> Add). One more rounding on that branch; the
+    sensitivity measurement (eager builder) includes it."""
+    if plan.out_scale is None:
+        return y
+    s = b.tensor(plan.out_scale, f"{plan.target.name}.output_scale")
+    return b.op(sgops.dequantize_per_tensor.default, b.op(sgops.quantize_per_tensor.default, y, s), s)
 
 
 def _node_name(t: QuantTarget) -> str:
@@ -170,8 +186,9 @@ def simulate(plan: LayerPlan, args: tuple, kwargs: dict, out_dtype: torch.dtype)
     return emit(EagerBuilder(), plan, x, other, bias, out_dtype)
 
 
-def rewrite_layers(gm: fx.GraphModule, plans: list[LayerPlan]) -> dict[str, int]:
-    """Replace every planned target node by its int8 op; returns rewrite counts."""
+def rewrite_layers(gm: fx.GraphModule, plans: list[LayerPlan], residual_outputs: bool = False) -> dict[str, int]:
+    """Replace every planned target node by its int8 op; returns rewrite counts. ``residual_outputs``: also
+    the shared-reader stage (:data:`RESIDUAL_STAGE`), an int8 op's output read by residual adds too."""
     builder = GraphBuilder(gm)
     stats = {"quantized": 0}
     for plan in plans:
@@ -182,7 +199,7 @@ def rewrite_layers(gm: fx.GraphModule, plans: list[LayerPlan]) -> dict[str, int]
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         stats["quantized"] += 1
-    stats.update(place_boundaries(gm))
+    stats.update(place_boundaries(gm, residual_outputs))
     tidy(gm)
     gm.graph.lint()
     gm.recompile()
@@ -209,7 +226,8 @@ def _hoistable(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
     return None
 
 
-def _hoist(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
+def _hoisted(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> fx.Node:
+    """``src(quantize(src's input))``, now read by ``q``'s readers; ``q`` is left without readers."""
     graph = gm.graph
     with graph.inserting_before(src):
         inner_q = graph.call_function(sgops.quantize_per_tensor.default, (src.args[0], q.args[1]))
@@ -217,8 +235,53 @@ def _hoist(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
     copy_provenance(inner_q, q)
     copy_provenance(moved, src)
     q.replace_all_uses_with(moved)
-    graph.erase_node(q)
-    graph.erase_node(src)
+    return moved
+
+
+def _hoist(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
+    _hoisted(gm, q, src)
+    gm.graph.erase_node(q)
+    gm.graph.erase_node(src)
+
+
+_RESIDUAL_ADDS = {aten.add.Tensor}
+
+
+def _hoistable_shared(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
+    """The int8-safe op ``q`` quantizes when its other readers are residual adds and its input is a static int8
+    op's float output read by nothing else (ResNet's stem: conv-relu -> maxpool -> {block 0's conv1, its
+    identity shortcut add}): hoisting the quantize lets that op write int8, the adds read it dequantized."""
+    src = q.args[0]
+    if not isinstance(src, fx.Node) or only_reader(src) is q:
+        return None
+    producer = src
+    if is_call(src, INT8_SAFE):  # through a maxpool / relu / view read by nothing else
+        producer = src.args[0]
+        if not is_call(producer, _REQUANTIZABLE) or only_reader(producer) is not src:
+            return None
+    elif not is_call(src, _REQUANTIZABLE):  # or the int8 op's output itself
+        return None
+    if producer.args[-2] is not None or producer.args[-1] != torch.float32:  # dequantize reads back float32
+        return None
+    others = [u for u in src.users if u is not q]
+    return src if all(is_call(u, _RESIDUAL_ADDS) for u in others) else None
+
+
+def _hoist_shared(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
+    graph, others, scale = gm.graph, [u for u in src.users if u is not q], q.args[1]
+    if is_call(src, _REQUANTIZABLE):
+        moved = src
+        _requantize(gm, q, src)
+    else:
+        moved = _hoisted(gm, q, src)
+        graph.erase_node(q)
+    with graph.inserting_after(moved):
+        dq = graph.call_function(sgops.dequantize_per_tensor.default, (moved, scale))
+    copy_provenance(dq, src)
+    for user in others:
+        user.replace_input_with(src, dq)
+    if src is not moved:
+        graph.erase_node(src)
 
 
 def _scale_key(gm: fx.GraphModule, q: fx.Node):
@@ -329,8 +392,17 @@ BOUNDARY_STAGES = [
 ]
 
 
-def place_boundaries(gm: fx.GraphModule) -> dict[str, int]:
+# With int8 residual outputs (``Quantize(residual_outputs=True)``), after merging, before requantizing:
+#   quantize(T(op(..)), s), add(T(op(..)), r)  =>  t = T(quantize(op(..), s)); add(dequantize(t, s), r)
+#   quantize(op(..), s), add(op(..), r)        =>  t = op(.., out_scale=s); add(dequantize(t, s), r)  (op static)
+RESIDUAL_STAGE = (Pattern("quantize_hoisted_shared", _QUANTIZE, _hoistable_shared, _hoist_shared), False)
+
+
+def place_boundaries(gm: fx.GraphModule, residual_outputs: bool = False) -> dict[str, int]:
+    stages = list(BOUNDARY_STAGES)
+    if residual_outputs:
+        stages.insert(2, RESIDUAL_STAGE)
     stats: dict[str, int] = {}
-    for pattern, repeat in BOUNDARY_STAGES:
+    for pattern, repeat in stages:
         stats.update(apply_patterns(gm, [pattern], repeat=repeat).counts)
     return stats
