@@ -8,7 +8,7 @@ Targets (all against baselines timed in the same run, interleaved):
   1. ResNet-18 (hand-written here, torchvision's layout; batch 1, 3x224x224) pruned to 0.5 of its channels by
      ``sg.prune``: >= 1.3x faster than the original in eager PyTorch.
   2. the same ResNet-18 quantized by ``sg.quantize(scheme="w8a8")``: >= 1.5x faster than fp32 eager. Quantized
-     ``with int8_residual_outputs()`` (slimgraph.quant.quant_pass): the convs feeding residual adds and the stem
+     ``sg.quantize(..., residual_outputs=True)``: the convs feeding residual adds and the stem
      write int8 too (ORT runs all 20 convs as QLinearConv; ResNet-18's cosine to fp32 0.99992 against 0.99993).
   3. all-MiniLM-L6-v2 (real weights, held-out text, batch 8 x 32 tokens) quantized by
      ``sg.quantize(scheme="w8a8-dynamic")``: latency <= torchao's Int8DynamicActivationInt8WeightConfig, compared
@@ -188,15 +188,14 @@ def onnx_variants(name: str, fp32: nn.Module, int8: nn.Module, args: tuple, thre
 
 def resnet_case(rounds: int, threads: int, skip: set, work: Path, round_to: int) -> dict:
     import slimgraph as sg
-    from slimgraph.quant.quant_pass import int8_residual_outputs
 
     model = resnet18()
     x = torch.randn(1, 3, 224, 224)
     calib = [(torch.randn(1, 3, 224, 224),) for _ in range(8)]
     pruned = sg.prune(model, (x,), ratio=0.5, round_to=round_to)
-    with int8_residual_outputs():  # residual-feeding convs and the stem write int8 (module docstring, target 2)
-        int8 = sg.quantize(model, (x,), scheme="w8a8", calib=calib)
-        pruned_int8 = sg.quantize(pruned, (x,), scheme="w8a8", calib=calib)
+    # residual-feeding convs and the stem write int8 (module docstring, targets 2 and 4)
+    int8 = sg.quantize(model, (x,), scheme="w8a8", calib=calib, residual_outputs=True)
+    pruned_int8 = sg.quantize(pruned, (x,), scheme="w8a8", calib=calib, residual_outputs=True)
     models = {"fp32-eager": model, "pruned-0.5": pruned, "int8-w8a8": int8, "pruned-0.5+int8": pruned_int8}
     fns = {name: (lambda m=m: m(x)) for name, m in models.items()}
     with torch.no_grad():

@@ -4,7 +4,8 @@ holding its ops' schemas, fake (meta) implementations, torch implementations (wh
 
     epilogue                  linear_act, conv_act                   float GEMM / conv + bias + activation (fuse)
     quantize                  quantize_per_tensor, dynamic_quantize_per_token / _per_tensor,
-                              layer_norm_quantize_per_token          float -> int8 boundaries (quant)
+                              layer_norm_quantize_per_token,         float <-> int8 boundaries (quant)
+                              dequantize_per_tensor
     int8_linear               qlinear_static, qlinear_dynamic, qmatmul_dynamic       W8A8 GEMMs (quant)
     int8_conv                 qconv_static, qconv_dynamic                            W8A8 convs (quant)
     weight_only               qlinear_w8a16, qconv_w8a16, qembedding                 W8A16 (quant)

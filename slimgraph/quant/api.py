@@ -41,6 +41,7 @@ def quantize(
     attention: bool = False,
     embeddings: bool = False,
     per_layer: Mapping[str, str] | None = None,
+    residual_outputs: bool | None = None,
     progress: bool | None = None,
 ) -> fx.GraphModule:
     """Quantize ``model`` to int8; returns a new runnable GraphModule (the caller's model is untouched).
@@ -67,6 +68,10 @@ def quantize(
         attention: also quantize matmul/bmm whose operands are both activations (per-token, at run time).
         embeddings: also store embedding tables as int8 (weight-only).
         per_layer: ``{pattern: scheme or "float"}`` overriding the scheme per layer (first match wins).
+        residual_outputs: ``w8a8``: convs whose output feeds residual adds (and a stem read by one) also write
+            int8, calibrated, so whole ResNets run as integer convs (ONNX Runtime's QLinearConv, oneDNN): one more
+            rounding per residual branch (ResNet-18 cosine to fp32 0.99992 vs 0.99993, bench/results/cpu-speed.md).
+            Off by default; None reads the ``quant_pass.int8_residual_outputs()`` context.
 
     The per-layer report: ``slimgraph.quant.last_report(result)``. Its headline is the output error on data
     the calibration did not fit: the example inputs and the held-out batches. A warning is logged (and kept
@@ -84,7 +89,7 @@ def quantize(
     qpass = Quantize(scheme=scheme, observer=observer, percentile=percentile, smoothquant=smoothquant,
                      skip=tuple(skip) if not isinstance(skip, str) else (skip,), max_error=max_error,
                      attention=attention, embeddings=embeddings, per_layer=dict(per_layer or {}),
-                     progress=progress).with_data(calib=fit)
+                     residual_outputs=residual_outputs, progress=progress).with_data(calib=fit)
     info = graph_info(gm)
     evaluation = [Batch(tuple(info.example_args), dict(info.example_kwargs))]
     evaluation += normalize_batches(held_out, gm) if held_out else []

@@ -49,6 +49,17 @@ def _model_and_data():
         return model, x, sg.quantize(model, (x,), scheme="w8a8", calib=calib)
 
 
+def test_the_keyword_turns_it_on_and_overrides_the_context():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 24, 24)
+    model = PooledResNet().eval()
+    on = sg.quantize(model, (x,), scheme="w8a8", residual_outputs=True)
+    assert _calls(on, sgops.dequantize_per_tensor.default)
+    with int8_residual_outputs():
+        off = sg.quantize(model, (x,), scheme="w8a8", residual_outputs=False)
+    assert not _calls(off, sgops.dequantize_per_tensor.default)
+
+
 def test_off_by_default():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 24, 24)
