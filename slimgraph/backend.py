@@ -273,40 +273,12 @@ def _optimize(gm: fx.GraphModule, example_inputs: list, options: BackendOptions)
 # ------------------------------------------------------------------------------ int8 ops as ATen ops for Inductor
 
 
-def _quantize_rows_aten(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``slimgraph::dynamic_quantize_per_token`` in plain ATen ops (its reference arithmetic), for Inductor."""
-    from .kernels.quantize import quantize_rows_reference
-
-    return quantize_rows_reference(x)
-
-
-def _layer_norm_quantize_rows_aten(x, normalized_shape, weight, bias, eps):
-    """``slimgraph::layer_norm_quantize_per_token`` in plain ATen ops (statistics in fp32, as the op)."""
-    from .kernels.quantize import quantize_rows_reference
-
-    f32 = (lambda t: None if t is None else t.to(torch.float32))  # noqa: E731
-    return quantize_rows_reference(torch.nn.functional.layer_norm(x.to(torch.float32), normalized_shape, f32(weight),
-                                                                  f32(bias), eps))
-
-
-def _qlinear_dynamic_aten(x, x_scale, w_kn, w_scale, bias, act: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """``slimgraph::qlinear_dynamic`` with the weight stored [K, N]: exact int32 sums by ``torch._int_mm``, then the
-    per-row and per-column scales, bias and activation in fp32 (the op's reference order), which Inductor fuses."""
-    from .kernels.epilogue import apply_activation
-
-    k, n = w_kn.shape
-    acc = torch._int_mm(x.reshape(-1, k), w_kn)
-    y = acc.to(torch.float32) * x_scale.reshape(-1, 1).to(torch.float32) * w_scale.reshape(-1).to(torch.float32)
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    return apply_activation(y, act).to(out_dtype).reshape(*x.shape[:-1], n)
-
-
 def lower_int8_for_inductor(gm: fx.GraphModule) -> int:
     """Rewrite, in place, the dynamic int8 ops of a CPU graph as calls that trace to ATen ops (see step 4 of the
     module docstring). Only where ``torch._int_mm`` sums exactly on this CPU (``cpu_int8.int_mm_exact``) and every
     int8 weight is a CPU constant; returns how many ops were rewritten (0: the graph is unchanged)."""
     from .ir.graph_utils import get_attr_tensor
+    from .kernels.quantize import layernorm_quantize_reference, quantize_rows_reference
     from .quant import cpu_int8
 
     sgops = torch.ops.slimgraph
@@ -327,12 +299,13 @@ def lower_int8_for_inductor(gm: fx.GraphModule) -> int:
                 gm.register_buffer(name, w.t().contiguous())  # [K, N] row-major: _int_mm's fast layout, made once
             with gm.graph.inserting_before(node):
                 kn = gm.graph.get_attr(name)
-            node.target = _qlinear_dynamic_aten
+            node.target = cpu_int8.int_mm_rows
             node.args = (node.args[0], node.args[1], kn, *node.args[3:])
         elif node.target is sgops.dynamic_quantize_per_token.default:
-            node.target = _quantize_rows_aten
-        else:
-            node.target = _layer_norm_quantize_rows_aten
+            node.target = quantize_rows_reference
+        else:  # layer_norm_quantize_per_token(x, normalized_shape, weight, bias, eps): the norm over the last dim
+            x, _, weight, bias, eps = node.args
+            node.target, node.args = layernorm_quantize_reference, (x, weight, bias, eps)
         count += 1
     gm.graph.eliminate_dead_code()
     gm.recompile()

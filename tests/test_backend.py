@@ -261,6 +261,31 @@ def test_dynamic_int8_ops_written_out_for_inductor_match_the_ops():
         torch.testing.assert_close(gm(*args), quantized(*args), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not cpu_int8.int_mm_exact(), reason="torch._int_mm does not sum exactly on this CPU")
+def test_layer_norm_quantizer_written_out_for_inductor_matches_the_op():
+    import copy
+
+    class PreNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.fc = torch.nn.LayerNorm(64), torch.nn.Linear(64, 32)
+
+        def forward(self, x):
+            return self.fc(self.ln(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 64)
+    quantized = sg.quantize(PreNorm().eval(), (x,), scheme="w8a8-dynamic")
+    gm = copy.deepcopy(quantized)
+    assert any(str(n.target).startswith("slimgraph.layer_norm_quantize") for n in gm.graph.nodes)
+    assert sgb.lower_int8_for_inductor(gm) == 2
+    assert not any(str(n.target).startswith("slimgraph.") for n in gm.graph.nodes)
+    with torch.no_grad():
+        for shape in [(2, 5, 64), (3, 7, 64)]:
+            x2 = torch.randn(shape)
+            torch.testing.assert_close(gm(x2), quantized(x2), rtol=1e-5, atol=1e-5)
+
+
 def test_lowering_leaves_graphs_without_dynamic_int8_ops_alone():
     model, args, _ = make("mlp")
     gm = sg.capture(model, args)

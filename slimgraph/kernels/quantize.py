@@ -222,6 +222,11 @@ def quantize_rows_reference(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return q, scale
 
 
+def layernorm_quantize_reference(x, weight=None, bias=None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`layernorm_quantize`'s arithmetic in plain ATen ops (statistics in fp32), any device."""
+    return _reference(x, weight, bias, eps, _LAYERNORM)
+
+
 def _reference(x, weight, bias, eps, code):
     x32 = x.to(torch.float32)
     w32 = weight.to(torch.float32) if weight is not None else None

@@ -49,7 +49,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..kernels.epilogue import apply_activation
 
-__all__ = ["available", "cache_info", "clear_cache", "int_mm_exact", "qconv", "qlinear", "saturates"]
+__all__ = ["available", "cache_info", "clear_cache", "int_mm_exact", "int_mm_rows", "qconv", "qlinear", "saturates"]
 
 log = logging.getLogger("slimgraph")
 
@@ -257,9 +257,16 @@ def qlinear(x, x_scale, w, w_scale, bias, act: str, out_scale, out_dtype: torch.
 def _int_mm_rows(x, x_scale, w, w_scale, bias, act: str, out_dtype: torch.dtype) -> torch.Tensor:
     """Per-row scaled ``act((x @ w.T) * x_scale[:, None] * w_scale + bias)`` with ``torch._int_mm``'s exact sums."""
     wt, _ = _prepacked(w, ("int_mm",), lambda: w.t().contiguous())  # [K, N] row-major: _int_mm's fast layout
-    k, n = w.shape[1], w.shape[0]
+    return int_mm_rows(x, x_scale, wt, w_scale, bias, act, out_dtype)
+
+
+def int_mm_rows(x, x_scale, w_kn, w_scale, bias, act: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """``qlinear_dynamic`` on a weight stored [K, N]: ``torch._int_mm``'s exact int32 sums, then the row scales, the
+    column scales, the bias and the activation in fp32 (the reference's order). Plain ATen ops only, so the
+    backend also hands it to Inductor, which fuses the epilogue (``backend.lower_int8_for_inductor``)."""
+    k, n = w_kn.shape
     flat = x.dim() == 2
-    acc = torch._int_mm(x if flat and x.is_contiguous() else x.reshape(-1, k).contiguous(), wt)
+    acc = torch._int_mm(x if flat and x.is_contiguous() else x.reshape(-1, k).contiguous(), w_kn)
     # int32 * float32 row scales -> float32 in one pass; then the column scales and the bias in place (the
     # order the reference uses: rows first; measured the fastest of the forms tried)
     y = torch.mul(acc, _f32(x_scale).view(-1, 1) if x_scale.is_contiguous() else _f32(x_scale).reshape(-1, 1))

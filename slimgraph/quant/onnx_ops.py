@@ -282,8 +282,9 @@ def _activation(y, act: str):
 
 
 def _requantize_output(y, act: str, out_scale, unsigned: bool = True):
-    """act(y) quantized with ``out_scale``; in ORT form a Relu's output with zero point -128 so that ORT folds the
-    Relu into the QuantizeLinear and the Conv/Gemm before it into an integer kernel with int8 output."""
+    """act(y) quantized with ``out_scale``; in ORT form a Relu's output at the bottom of its range
+    (:func:`_relu_zero_point`: uint8 0 after a conv, int8 -128 after a Linear, ``unsigned=False``) so that ORT folds
+    the Relu into the QuantizeLinear and the Conv/Gemm before it into an integer kernel with int8 output."""
     if act == "relu" and _ORT_FORM.get():
         return op.QuantizeLinear(op.Relu(y), out_scale, _relu_zero_point(unsigned))
     return op.QuantizeLinear(_activation(y, act), out_scale, _zero_point())

@@ -38,7 +38,7 @@ from .coverage import gemm_weight_coverage
 from .observers import OBSERVERS, ChannelAbsMax, make_observer
 from .ops import quantize_weight
 from .report import REPORT_KEY, LayerReport, QuantReport
-from .rewrite import LayerPlan, rewrite_layers, simulate
+from .rewrite import RESIDUAL_ADDS, LayerPlan, rewrite_layers, simulate
 from .smoothquant import apply_smoothing, smoothing_factors, smoothing_groups
 from .targets import FLOAT, SCHEMES, LayerDecision, QuantTarget, decide_schemes, find_targets
 from .weight_only import STORAGE_SCHEME, store_int8
@@ -262,7 +262,7 @@ def _feeds_residual_adds(p: LayerPlan) -> bool:
     """A static conv with a float32 output that only residual adds read."""
     node, val = p.target.node, value_of(p.target.node)
     return (p.scheme == "w8a8" and p.target.conv is not None and val is not None and val.dtype == torch.float32
-            and bool(node.users) and all(is_call(u, {torch.ops.aten.add.Tensor}) for u in node.users))
+            and bool(node.users) and all(is_call(u, RESIDUAL_ADDS) for u in node.users))
 
 
 def _plan(gm: fx.GraphModule, target: QuantTarget, scheme: str, cache: dict[int, tuple]) -> LayerPlan:

@@ -244,7 +244,7 @@ def _hoist(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
     gm.graph.erase_node(src)
 
 
-_RESIDUAL_ADDS = {aten.add.Tensor}
+RESIDUAL_ADDS = {aten.add.Tensor}  # the readers an int8 residual output is read back for
 
 
 def _hoistable_shared(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
@@ -264,7 +264,7 @@ def _hoistable_shared(gm: fx.GraphModule, q: fx.Node) -> fx.Node | None:
     if producer.args[-2] is not None or producer.args[-1] != torch.float32:  # dequantize reads back float32
         return None
     others = [u for u in src.users if u is not q]
-    return src if all(is_call(u, _RESIDUAL_ADDS) for u in others) else None
+    return src if all(is_call(u, RESIDUAL_ADDS) for u in others) else None
 
 
 def _hoist_shared(gm: fx.GraphModule, q: fx.Node, src: fx.Node) -> None:
@@ -400,8 +400,8 @@ RESIDUAL_STAGE = (Pattern("quantize_hoisted_shared", _QUANTIZE, _hoistable_share
 
 def place_boundaries(gm: fx.GraphModule, residual_outputs: bool = False) -> dict[str, int]:
     stages = list(BOUNDARY_STAGES)
-    if residual_outputs:
-        stages.insert(2, RESIDUAL_STAGE)
+    if residual_outputs:  # before requantizing: the op it leaves with one quantize reader is requantized there
+        stages.insert(next(i for i, (p, _) in enumerate(stages) if p.name == "requantize_fused"), RESIDUAL_STAGE)
     stats: dict[str, int] = {}
     for pattern, repeat in stages:
         stats.update(apply_patterns(gm, [pattern], repeat=repeat).counts)

@@ -145,9 +145,10 @@ def test_zoo_cnns_load_and_match_in_ort_form(name, tmp_path):
 
 
 
-def _exact_here(target: str) -> bool:
+def _skip_unless_exact_here(target: str) -> None:
     """A "vnni" file sums uint8 x int8 exactly only on a VNNI CPU; elsewhere its numerics are not checked."""
-    return target == "avx2" or cpu_has_vnni()
+    if target != "avx2" and not cpu_has_vnni():
+        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
 
 
 @pytest.mark.parametrize("target", ["avx2", "vnni"])
@@ -163,8 +164,7 @@ def test_dynamic_linears_weights_per_target_and_exact(target, tmp_path):
     weights = {t.name: t.data_type for t in graph.initializer}
     b_types = {weights[n.input[1]] for n in graph.node if n.op_type == "MatMulIntegerToFloat"}
     assert b_types == {onnx.TensorProto.INT8 if target == "vnni" else onnx.TensorProto.UINT8}
-    if not _exact_here(target):
-        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
+    _skip_unless_exact_here(target)
     with torch.no_grad():
         want = q(x).numpy()
     assert _rel(out, want) < 1e-5
@@ -178,8 +178,7 @@ def test_vnni_target_runs_signed_conv_inputs_as_qlinearconv(tmp_path):
     # c1 reads the signed image: int8 activations into QLinearConv, which the avx2 form keeps float (first test)
     assert ops["QLinearConv"] == 2, ops
     assert sum(ops[k] for k in ("Conv", "FusedConv")) == 1, ops  # c3 writes float: no integer conv for it
-    if not _exact_here("vnni"):
-        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
+    _skip_unless_exact_here("vnni")
     with torch.no_grad():
         want = q(x).numpy()
     assert _rel(out, want) < 2e-2
@@ -235,8 +234,7 @@ def test_residual_blocks_integer_convs_per_target(target, tmp_path):
     assert ops["QLinearConv"] == (2 if target == "vnni" else 0), ops
     assert sum(ops[k] for k in ("Conv", "FusedConv")) == 6 - ops["QLinearConv"], ops
     assert _conv_weights_are_constants(tmp_path)
-    if not _exact_here(target):
-        pytest.skip("the vnni form is exact only on a CPU with AVX-512 VNNI / AVX-VNNI; this one has neither")
+    _skip_unless_exact_here(target)
     with torch.no_grad():
         want = q(x).numpy()
     assert _rel(out, want) < 2e-2
